@@ -1,0 +1,28 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean bench
+
+$(BIN)/delineo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of PyTorch first, so that the project's `torch>=` range installs nothing bigger.
+	$(BIN)/pip install --quiet torch==2.13.0 || $(BIN)/pip install --quiet torch
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/delineo
+
+install: $(BIN)/delineo
+
+demo: install
+	$(BIN)/delineo demo
+
+test: install
+	$(BIN)/python -m pytest -q -x --durations=15
+
+bench: install
+	$(BIN)/python benchmarks/hippocampus.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

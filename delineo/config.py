@@ -1,0 +1,324 @@
+"""The experiment schema: one typed, validated file describes data, preprocessing, sampling,
+augmentation, model, loss, training, inference, post-processing and evaluation.
+
+Validation happens at load time. An unknown or misspelled key, a wrong type or an impossible
+value becomes one :class:`~delineo.errors.ConfigError` naming the key, its place in the file and
+the closest valid name. Components (``model``, ``loss``, ``train.optimizer``,
+``train.schedule``) are ``{name: ..., params}`` dicts checked against the registry.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from delineo.errors import ConfigError
+from delineo.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES, closest
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSource(Strict):
+    """Where the cases are: an MSD/nnU-Net folder, a CSV case list or a deoxys HDF5 file."""
+
+    type: Literal["msd", "csv", "hdf5"] = "msd"
+    path: str
+    channels: Optional[list[str]] = Field(None, description="CSV: image columns, one per channel")
+    label_column: str = "label"
+    id_column: Optional[str] = None
+    group_column: Optional[str] = None
+
+
+class DataConfig(Strict):
+    source: DataSource
+    labels: Optional[dict[int, str]] = Field(None, description="label value -> name; default from dataset.json")
+    folds: int = Field(5, ge=2, le=50)
+    seed: int = 0
+    stratify: bool = Field(True, description="stratify folds by the group column when there is one")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="patients held out of every fold")
+    max_cases: Optional[int] = Field(None, ge=2, description="use only the first N cases (quick runs)")
+
+
+class IntensityConfig(Strict):
+    """Per-channel intensity preset."""
+
+    preset: Literal["ct", "mr", "pet", "none", "percentile"] = "mr"
+    window: Optional[tuple[float, float]] = Field(None, description="CT: HU window; PET: SUV clip")
+    foreground_only: bool = Field(False, description="MR: z-score statistics inside the non-zero region")
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    @model_validator(mode="after")
+    def _window_order(self) -> "IntensityConfig":
+        if self.window is not None and self.window[0] >= self.window[1]:
+            raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
+        return self
+
+
+class PreprocessConfig(Strict):
+    orientation: Optional[str] = Field("RAS", description="canonical axis codes, or null to keep")
+    spacing: Optional[tuple[float, float, float]] = Field(None, description="target spacing in mm")
+    interpolation: Literal["linear", "cubic"] = "linear"
+    crop_foreground: bool = True
+    intensity: list[IntensityConfig] = Field(default_factory=lambda: [IntensityConfig()])
+
+    @field_validator("orientation")
+    @classmethod
+    def _codes(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        value = value.upper()
+        pairs = [set("LR"), set("AP"), set("SI")]
+        if len(value) != 3 or sorted(next(i for i, p in enumerate(pairs) if c in p) for c in value) != [0, 1, 2]:
+            raise ValueError(f"'{value}' is not a valid orientation such as RAS or LPS")
+        return value
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive(cls, value):
+        if value is not None and min(value) <= 0:
+            raise ValueError("spacing must be positive")
+        return value
+
+
+class Prob(Strict):
+    p: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class FlipAug(Prob):
+    axes: list[int] = Field(default_factory=lambda: [0, 1, 2])
+
+
+class Rot90Aug(Prob):
+    axes: tuple[int, int] = (0, 1)
+
+
+class AffineAug(Prob):
+    degrees: float = Field(15.0, ge=0, le=180)
+    scale: tuple[float, float] = (0.85, 1.15)
+
+
+class ElasticAug(Prob):
+    sigma: float = Field(4.0, gt=0)
+    magnitude: float = Field(3.0, ge=0)
+
+
+class RangeAug(Prob):
+    range: tuple[float, float]
+
+
+class NoiseAug(Prob):
+    std: float = Field(0.1, ge=0)
+
+
+class BlurAug(Prob):
+    sigma: tuple[float, float] = (0.5, 1.0)
+
+
+class AugmentConfig(Strict):
+    """Joint image/mask augmentation; each transform has its probability ``p`` (0 = off)."""
+
+    flip: FlipAug = FlipAug()
+    rot90: Rot90Aug = Rot90Aug()
+    affine: AffineAug = AffineAug()
+    elastic: ElasticAug = ElasticAug()
+    brightness: RangeAug = RangeAug(range=(-0.1, 0.1))
+    contrast: RangeAug = RangeAug(range=(0.75, 1.25))
+    gamma: RangeAug = RangeAug(range=(0.7, 1.5))
+    noise: NoiseAug = NoiseAug()
+    blur: BlurAug = BlurAug()
+
+
+class SamplingConfig(Strict):
+    mode: Literal["3d", "2d", "2.5d"] = "3d"
+    patch_size: Optional[list[int]] = Field(None, description="3D: 3 sizes; 2D/2.5D: 2 sizes; null = whole")
+    axis: int = Field(2, ge=0, le=2, description="slice axis for 2D and 2.5D")
+    context: int = Field(1, ge=0, description="2.5D: neighbours on each side (k = 2*context + 1)")
+    foreground_fraction: float = Field(0.33, ge=0.0, le=1.0)
+    batch_size: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _patch_dims(self) -> "SamplingConfig":
+        if self.patch_size is not None:
+            need = 3 if self.mode == "3d" else 2
+            if len(self.patch_size) != need or min(self.patch_size) < 4:
+                raise ValueError(f"patch_size needs {need} sizes >= 4 for mode {self.mode}")
+        return self
+
+
+class TrainConfig(Strict):
+    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4})
+    schedule: Optional[dict[str, Any]] = Field(default_factory=lambda: {"name": "poly"})
+    epochs: int = Field(50, ge=1)
+    max_minutes: Optional[float] = Field(None, gt=0, description="wall-clock budget; stops after the epoch that crosses it")
+    iterations_per_epoch: int = Field(50, ge=1)
+    val_every: int = Field(1, ge=1)
+    snapshot_epochs: list[int] = Field(default_factory=list, description="epochs whose validation predictions are kept (best is always kept)")
+    early_stopping_patience: Optional[int] = Field(None, ge=1, description="validations without improvement")
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_threads: Optional[int] = Field(None, ge=1)
+    grad_clip: Optional[float] = Field(12.0, gt=0)
+
+
+class InferConfig(Strict):
+    overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    batch_size: int = Field(8, ge=1)
+    tta: bool = False
+    save_probabilities: bool = False
+
+
+class PostprocessConfig(Strict):
+    largest_component: bool = Field(False, description="keep only the largest connected component per label")
+    min_size: int = Field(0, ge=0, description="remove components smaller than this many voxels")
+    fill_holes: bool = False
+
+
+class EvaluateConfig(Strict):
+    overlays: int = Field(3, ge=0, description="best, median and worst case overlays in the report")
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    data: DataConfig
+    preprocess: PreprocessConfig = PreprocessConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: dict[str, Any] = Field(default_factory=lambda: {"name": "unet"})
+    loss: dict[str, Any] = Field(default_factory=lambda: {"name": "dice_ce"})
+    train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    explain: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError("name must be a plain folder name")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def check_components(self, source: str = "experiment") -> None:
+        """Check component names and parameters against the registries."""
+        passed_model = ("in_channels", "out_channels", "dims")
+        for where, spec, registry, extra in (
+            ("model", self.model, MODELS, passed_model),
+            ("loss", self.loss, LOSSES, ("num_classes",)),
+            ("train.optimizer", self.train.optimizer, OPTIMIZERS, ("params",)),
+            ("train.schedule", self.train.schedule, SCHEDULES, ("optimizer", "total_epochs")),
+        ):
+            if spec is None:
+                continue
+            try:
+                registry.check(spec, where, extra=extra)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+
+
+def _unknown_keys(model: type[BaseModel], data: Any, where: str, source: str) -> None:
+    """Walk ``data`` against ``model`` and report the first unknown key with the closest name."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            place = f"{where}.{key}" if where else str(key)
+            raise ConfigError(
+                f"{source}: unknown key '{key}' at {place}{closest(str(key), fields)}; "
+                f"valid keys{' in ' + where if where else ''}: {', '.join(fields)}."
+            )
+        annotation = fields[key].annotation
+        sub = _submodel(annotation)
+        if sub is not None:
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    _unknown_keys(sub, item, f"{where + '.' if where else ''}{key}[{i}]", source)
+            else:
+                _unknown_keys(sub, value, f"{where + '.' if where else ''}{key}", source)
+
+
+def _submodel(annotation: Any) -> Optional[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=3' -> (['train', 'epochs'], 3); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected key.sub=value.")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text}: empty key.")
+    return parts, yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else node[part]
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"--set {text}: '{part}' is not a section.")
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "experiment", base_dir: Path | None = None) -> ExperimentConfig:
+    """Validate a raw dict; relative data paths are resolved against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the experiment must be a mapping of sections, got {type(data).__name__}.")
+    _unknown_keys(ExperimentConfig, data, "", source)
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        place = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{source}: invalid value at {place}: {err['msg']}.") from None
+    if base_dir is not None:
+        path = Path(cfg.data.source.path).expanduser()
+        if not path.is_absolute():
+            cfg.data.source.path = str((base_dir / path).resolve())
+    cfg.check_components(source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment file (YAML or JSON), applying ``--set`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found.")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML/JSON ({first}).") from None
+    data = apply_overrides(data or {}, overrides or [])
+    return config_from_dict(data, source=str(path), base_dir=path.parent)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    from delineo.io.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

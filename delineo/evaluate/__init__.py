@@ -1,0 +1,1 @@
+"""Delineo evaluate stage."""

@@ -1,0 +1,1 @@
+"""Delineo explain stage."""

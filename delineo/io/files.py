@@ -1,0 +1,173 @@
+"""Read and write image files (NIfTI, NRRD, MHA/MHD and other ITK formats) with their geometry.
+
+NIfTI goes through nibabel (it keeps the exact affine and header); the ITK formats go through
+SimpleITK, whose LPS geometry is converted to Delineo's RAS affine. DICOM series are handled in
+:mod:`delineo.io.dicom` and dispatched from :func:`read_image` when the path is a folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from delineo.errors import InputError
+from delineo.io.atomic import atomic_path
+from delineo.io.image import Image, affine_from_itk, itk_from_affine
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+
+def image_suffix(path: str | Path) -> str:
+    """The format suffix of a file name ('.nii.gz', '.nrrd', ...), lower case, or ''."""
+    name = Path(path).name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def case_name(path: str | Path) -> str:
+    """File name without its image suffix: 'case_001.nii.gz' -> 'case_001'."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: len(name) - len(suffix)] if suffix else Path(name).stem
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).is_file() and image_suffix(path) != ""
+
+
+def read_image(path: str | Path, *, allow_4d: bool = False, check_finite: bool = True) -> Image:
+    """Read one image with its geometry.
+
+    A 4D file is returned channel-first (``[c, i, j, k]``) when ``allow_4d``; otherwise it is an
+    error. Missing, unreadable, truncated or non-finite files raise :class:`InputError` with one
+    sentence naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found.")
+    if path.is_dir():
+        from delineo.io.dicom import read_dicom_series  # DICOM folders: see delineo.io.dicom
+
+        return read_dicom_series(path)
+    suffix = image_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        image = _read_nifti(path)
+    elif suffix in ITK_SUFFIXES:
+        image = _read_itk(path)
+    else:
+        raise InputError(
+            f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)} "
+            "or a DICOM folder)."
+        )
+    array = image.array
+    if array.ndim == 4:
+        if array.shape[-1] == 1 and not allow_4d:
+            image.array = array[..., 0]
+        elif allow_4d:
+            image.array = np.moveaxis(array, -1, 0)
+        else:
+            raise InputError(f"{path}: 4D image of shape {array.shape} where a 3D image is expected.")
+    elif array.ndim == 2:
+        image.array = array[..., None]
+    elif array.ndim != 3:
+        raise InputError(f"{path}: {array.ndim}D image where a 3D image is expected.")
+    if check_finite and np.issubdtype(image.array.dtype, np.floating):
+        bad = ~np.isfinite(image.array)
+        if bad.any():
+            raise InputError(f"{path}: {int(bad.sum())} voxels are NaN or infinite.")
+    image.meta.setdefault("path", str(path))
+    return image
+
+
+def _read_nifti(path: Path) -> Image:
+    try:
+        img = nib.load(str(path))
+        array = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)}).") from exc
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    return Image(np.asarray(array), img.affine, meta={"path": str(path)})
+
+
+def _read_itk(path: Path) -> Image:
+    import SimpleITK as sitk
+
+    try:
+        itk = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: not a readable {image_suffix(path)} file ({_short(exc)}).") from exc
+    if itk.GetDimension() not in (2, 3, 4):
+        raise InputError(f"{path}: {itk.GetDimension()}D image where a 3D image is expected.")
+    array = sitk.GetArrayFromImage(itk)  # (k, j, i) or (k, j, i, c) for vector pixels
+    n_comp = itk.GetNumberOfComponentsPerPixel()
+    if itk.GetDimension() == 2:
+        array = array[None]
+        spacing = list(itk.GetSpacing()) + [1.0]
+        origin = list(itk.GetOrigin()) + [0.0]
+        d = np.asarray(itk.GetDirection()).reshape(2, 2)
+        direction = np.eye(3)
+        direction[:2, :2] = d
+    else:
+        spacing, origin = itk.GetSpacing()[:3], itk.GetOrigin()[:3]
+        dim = itk.GetDimension()
+        direction = np.asarray(itk.GetDirection()).reshape(dim, dim)[:3, :3]
+    if n_comp > 1:
+        array = np.transpose(array, (2, 1, 0, 3))
+    else:
+        array = np.transpose(array, tuple(range(array.ndim))[::-1])
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    return Image(np.ascontiguousarray(array), affine_from_itk(spacing, origin, direction), meta={"path": str(path)})
+
+
+def write_image(image: Image, path: str | Path, dtype: np.dtype | type | None = None) -> Path:
+    """Write ``image`` atomically in the format named by ``path``'s suffix, keeping its geometry."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    array = image.array if dtype is None else image.array.astype(dtype)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    with atomic_path(path, suffix=suffix) as tmp:
+        if suffix in NIFTI_SUFFIXES:
+            data = np.moveaxis(array, 0, -1) if array.ndim == 4 else array
+            header = None
+            ref = image.meta.get("nifti_header")
+            if isinstance(ref, nib.Nifti1Header):
+                header = ref.copy()
+            img = nib.Nifti1Image(data, image.affine, header=header)
+            img.set_data_dtype(data.dtype)
+            img.set_qform(image.affine, code=1)
+            img.set_sform(image.affine, code=1)
+            nib.save(img, str(tmp))
+        elif suffix in ITK_SUFFIXES:
+            import SimpleITK as sitk
+
+            if array.ndim == 4:
+                itk = sitk.GetImageFromArray(np.transpose(array, (3, 2, 1, 0)), isVector=True)
+            else:
+                itk = sitk.GetImageFromArray(np.transpose(array, (2, 1, 0)))
+            spacing, origin, direction = itk_from_affine(image.affine)
+            itk.SetSpacing(tuple(float(s) for s in spacing))
+            itk.SetOrigin(tuple(float(o) for o in origin))
+            itk.SetDirection(tuple(float(d) for d in direction.ravel()))
+            sitk.WriteImage(itk, str(tmp), useCompression=True)
+        else:
+            raise InputError(f"{path}: unsupported output type (use one of {', '.join(IMAGE_SUFFIXES)}).")
+    return path
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

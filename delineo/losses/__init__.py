@@ -1,0 +1,1 @@
+"""Losses; importing this package registers the built-in ones."""

@@ -1,0 +1,1 @@
+"""Networks; importing this package registers the built-in ones."""

@@ -1,0 +1,1 @@
+"""Delineo postprocess stage."""

@@ -1,0 +1,1 @@
+"""Delineo sampling stage."""
