@@ -1,1 +1,6 @@
-"""Networks; importing this package registers the built-in ones."""
+"""Networks; importing this package registers the built-in ones with ``delineo.registry.MODELS``."""
+
+from delineo.models import unet  # noqa: F401
+from delineo.models.unet import UNet
+
+__all__ = ["UNet"]
