@@ -1,0 +1,91 @@
+"""Patient-level k-fold splits, seeded and optionally stratified by a group, saved to
+``splits.json`` and reused so that every fold of an experiment sees the same partition.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from delineo.data.sources import Case
+from delineo.errors import InputError
+from delineo.io.atomic import write_text_atomic
+
+
+def make_splits(cases: list[Case], folds: int, seed: int = 0, stratify: bool = True,
+                test_fraction: float = 0.0) -> dict:
+    """``{"test": [...], "folds": [{"train": [...], "val": [...]}, ...]}`` of case ids.
+
+    Patients (not cases) are assigned to folds; with groups, each group is dealt round-robin
+    over the folds so that every fold has the same mix. Predefined folds (HDF5) are kept.
+    """
+    rng = random.Random(seed)
+    patients: dict[str, list[str]] = defaultdict(list)
+    group_of: dict[str, str] = {}
+    predefined: dict[str, int] = {}
+    for c in cases:
+        patients[c.patient].append(c.case_id)
+        group_of[c.patient] = c.group or ""
+        if c.fold is not None:
+            predefined[c.patient] = c.fold
+    order = sorted(patients)
+    rng.shuffle(order)
+    test: list[str] = []
+    if test_fraction > 0:
+        n_test = max(1, round(len(order) * test_fraction))
+        test_patients, order = order[:n_test], order[n_test:]
+        test = sorted(cid for p in test_patients for cid in patients[p])
+    if len(order) < folds:
+        raise InputError(f"{folds} folds need at least {folds} patients, the dataset has {len(order)}.")
+    assign: dict[str, int] = {}
+    if predefined and len(predefined) == len(patients):
+        n_pre = max(predefined.values()) + 1
+        folds = n_pre
+        assign = {p: predefined[p] for p in order}
+    else:
+        by_group: dict[str, list[str]] = defaultdict(list)
+        for p in order:
+            by_group[group_of[p] if stratify else ""].append(p)
+        i = 0
+        for g in sorted(by_group):
+            for p in by_group[g]:
+                assign[p] = i % folds
+                i += 1
+    result = {"seed": seed, "test": test, "folds": []}
+    for k in range(folds):
+        val = sorted(cid for p in order if assign[p] == k for cid in patients[p])
+        train = sorted(cid for p in order if assign[p] != k for cid in patients[p])
+        result["folds"].append({"train": train, "val": val})
+    return result
+
+
+def load_or_make_splits(path: Path, cases: list[Case], folds: int, seed: int, stratify: bool,
+                        test_fraction: float) -> dict:
+    """Reuse ``path`` when it exists and covers exactly these cases; write it otherwise."""
+    ids = {c.case_id for c in cases}
+    if path.is_file():
+        splits = json.loads(path.read_text())
+        known = set(splits["test"]) | {cid for f in splits["folds"] for cid in f["val"]}
+        if known == ids:
+            return splits
+        raise InputError(
+            f"{path}: the saved splits do not match the dataset's cases "
+            f"({len(known ^ ids)} differ); delete it to make new splits."
+        )
+    splits = make_splits(cases, folds, seed, stratify, test_fraction)
+    write_text_atomic(path, json.dumps(splits, indent=1))
+    return splits
+
+
+def fold_cases(splits: dict, fold: Optional[int]) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids) for ``fold``; ``None`` trains on everything but the test set."""
+    if fold is None:
+        everything = sorted({cid for f in splits["folds"] for cid in f["val"]})
+        return everything, []
+    if not 0 <= fold < len(splits["folds"]):
+        raise InputError(f"fold {fold} does not exist (0..{len(splits['folds']) - 1}).")
+    f = splits["folds"][fold]
+    return f["train"], f["val"]
