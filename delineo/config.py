@@ -21,6 +21,15 @@ from delineo.errors import ConfigError
 from delineo.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES, closest
 
 
+def _with_name(value: Any, default: str) -> Any:
+    """A component given as a bare name or without 'name' gets the default component."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": default, **value}
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -167,6 +176,16 @@ class TrainConfig(Strict):
     num_threads: Optional[int] = Field(None, ge=1)
     grad_clip: Optional[float] = Field(12.0, gt=0)
 
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _default_optimizer(cls, value):
+        return _with_name(value, "adamw")
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _default_schedule(cls, value):
+        return _with_name(value, "poly")
+
 
 class InferConfig(Strict):
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
@@ -198,6 +217,16 @@ class ExperimentConfig(Strict):
     postprocess: PostprocessConfig = PostprocessConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     explain: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _default_model(cls, value):
+        return _with_name(value, "unet")
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _default_loss(cls, value):
+        return _with_name(value, "dice_ce")
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,61 @@
+"""Evaluate a training run folder: score the kept validation predictions against the
+references of the experiment's dataset, and write ``metrics/cases.csv``,
+``metrics/summary.json``, the plots and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from delineo.config import load_config
+from delineo.data.sources import load_dataset
+from delineo.errors import InputError
+from delineo.evaluate.metrics import score_case
+from delineo.evaluate.report import write_report
+from delineo.evaluate.table import rows_from_scores, summarise, write_cases_csv, write_summary_json
+from delineo.io.files import read_image
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool = True) -> dict[str, Any]:
+    """Score ``run_dir/predictions/<predictions>`` and write metrics, plots and report."""
+    run_dir = Path(run_dir)
+    cfg_path, cases_path = run_dir / "config.yaml", run_dir / "cases.json"
+    if not cfg_path.is_file() or not cases_path.is_file():
+        raise InputError(f"{run_dir}: not a Delineo run folder (config.yaml and cases.json are required).")
+    cfg = load_config(cfg_path)
+    val_ids = json.loads(cases_path.read_text())["val"]
+    pred_dir = run_dir / "predictions" / predictions
+    if not val_ids:
+        raise InputError(f"{run_dir}: this run has no validation cases to evaluate.")
+    if not pred_dir.is_dir():
+        raise InputError(f"{pred_dir}: no predictions; train with validation first.")
+    dataset = load_dataset(cfg.data)
+    by_id = {c.case_id: c for c in dataset.cases}
+    labels = dataset.labels
+    rows: list[dict[str, Any]] = []
+    for cid in tqdm(val_ids, desc="evaluate", unit="case", leave=False, disable=not progress):
+        pred_path = pred_dir / f"{cid}.nii.gz"
+        if not pred_path.is_file():
+            raise InputError(f"{pred_path}: prediction missing for validation case {cid}.")
+        images, ref = by_id[cid].load()
+        pred = read_image(pred_path)
+        rows += rows_from_scores(cid, score_case(np.asarray(pred.array), np.asarray(ref.array), ref.spacing, labels))
+    summary = summarise(rows)
+    write_cases_csv(rows, run_dir / "metrics" / "cases.csv")
+    write_summary_json(summary, run_dir / "metrics" / "summary.json")
+
+    def loader(cid: str):
+        images, ref = by_id[cid].load()
+        return np.asarray(images[0].array), np.asarray(ref.array), np.asarray(read_image(pred_dir / f"{cid}.nii.gz").array)
+
+    write_report(run_dir, rows, summary, loader, f"{cfg.name} - {run_dir.name}", labels)
+    log.info("%s: mean Dice %.4f over %d cases", run_dir, summary.get("mean_dice") or float("nan"), len(val_ids))
+    return summary

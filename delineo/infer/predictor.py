@@ -1,0 +1,158 @@
+"""Predict whole cases the one way Delineo predicts: preprocess, sliding window or slice-wise
+network evaluation, optional test-time flips, post-processing, and mapping back to the exact
+grid of the input. Validation during training uses this same code.
+
+A checkpoint alone is enough: it holds the resolved experiment, the network's weights and the
+facts read from the data (labels, channels, patch size).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from delineo.config import ExperimentConfig, config_from_dict
+from delineo.errors import InputError
+from delineo.infer.sliding import flip_tta, sliding_window, slice_wise
+from delineo.io.image import Image
+from delineo.postprocess.components import postprocess_labels
+from delineo.preprocess.pipeline import GeometryRecord, preprocess, restore
+from delineo.registry import MODELS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelMeta:
+    """Facts a checkpoint carries besides the config: what the network expects and produces."""
+
+    in_channels: int
+    out_channels: int
+    dims: int
+    mode: str
+    patch_size: list[int]
+    axis: int
+    context: int
+    labels: dict[int, str]
+    channels: list[str]
+    divisor: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["labels"] = {str(k): v for k, v in self.labels.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
+        d = dict(d)
+        d["labels"] = {int(k): v for k, v in d["labels"].items()}
+        return cls(**d)
+
+
+def build_model(cfg: ExperimentConfig, meta: ModelMeta) -> torch.nn.Module:
+    return MODELS.build(cfg.model, "model", in_channels=meta.in_channels, out_channels=meta.out_channels,
+                        dims=meta.dims)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file, or ``checkpoints/best.pt`` of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for cand in (path / "checkpoints" / "best.pt", path / "best.pt", path / "checkpoints" / "last.pt"):
+            if cand.is_file():
+                path = cand
+                break
+        else:
+            raise InputError(f"{path}: no checkpoint (checkpoints/best.pt) in this folder.")
+    if not path.is_file():
+        raise InputError(f"{path}: model checkpoint not found.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise InputError(f"{path}: not a readable Delineo checkpoint ({type(exc).__name__}).") from None
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
+        raise InputError(f"{path}: not a Delineo checkpoint (no model or config inside).")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+class Predictor:
+    """Wraps a network and its experiment to segment whole cases."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ExperimentConfig, meta: ModelMeta,
+                 device: torch.device | str = "cpu", tta: Optional[bool] = None) -> None:
+        self.model = model.to(device).eval()
+        self.cfg, self.meta = cfg, meta
+        self.device = torch.device(device)
+        self.tta = cfg.infer.tta if tta is None else tta
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: Optional[bool] = None) -> "Predictor":
+        ckpt = load_checkpoint(path)
+        cfg = config_from_dict(ckpt["config"], source=ckpt["path"])
+        meta = ModelMeta.from_dict(ckpt["meta"])
+        model = build_model(cfg, meta)
+        model.load_state_dict(ckpt["model_state"])
+        return cls(model, cfg, meta, pick_device(device), tta)
+
+    def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return torch.sigmoid(out) if out.shape[1] == 1 else torch.softmax(out, dim=1)
+
+    @torch.no_grad()
+    def predict_array(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities (K, *S) for a preprocessed (C, *S) array."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        m = self.meta
+        fn = flip_tta(self._forward_probs, m.dims) if self.tta else self._forward_probs
+        if m.mode == "3d":
+            probs = sliding_window(fn, x, m.patch_size, self.cfg.infer.overlap, self.cfg.infer.batch_size,
+                                   m.divisor)
+        else:
+            probs = slice_wise(fn, x, m.axis, m.context if m.mode == "2.5d" else 0,
+                               batch_size=max(self.cfg.infer.batch_size, 16), divisor=m.divisor)
+        return probs.float().cpu().numpy()
+
+    def labels_from_probs(self, probs: np.ndarray) -> np.ndarray:
+        if probs.shape[0] == 1:
+            seg = (probs[0] >= 0.5).astype(np.uint8) * np.uint8(min(self.meta.labels) if self.meta.labels else 1)
+        else:
+            seg = probs.argmax(0).astype(np.uint8)
+            values = np.array([0] + sorted(self.meta.labels), dtype=np.uint8)
+            if len(values) == probs.shape[0]:
+                seg = values[seg]
+        return postprocess_labels(seg, self.cfg.postprocess)
+
+    def predict_preprocessed(self, image: np.ndarray, record: GeometryRecord) -> tuple[np.ndarray, np.ndarray]:
+        """(label map, probabilities) on the input grid from a preprocessed case."""
+        probs = self.predict_array(image)
+        probs_orig = restore(probs, record)
+        return self.labels_from_probs(probs_orig), probs_orig
+
+    def predict_images(self, images: list[Image]) -> tuple[Image, Image]:
+        """Segment one case given its channel images; returns (mask, probabilities) as Images on
+        the exact grid (shape and affine) of the first channel."""
+        if len(images) != len(self.meta.channels):
+            raise InputError(
+                f"{images[0].meta.get('path', 'input')}: the model expects {len(self.meta.channels)} "
+                f"channel(s) ({', '.join(self.meta.channels)}), got {len(images)}."
+            )
+        x, _, record = preprocess(images, None, self.cfg.preprocess)
+        seg, probs = self.predict_preprocessed(x, record)
+        ref = images[0]
+        mask = Image(seg, ref.affine.copy(), "SEG", dict(ref.meta))
+        prob_img = Image(probs.astype(np.float32), ref.affine.copy(), "PROB", dict(ref.meta))
+        return mask, prob_img

@@ -1,0 +1,130 @@
+"""Whole-volume prediction: sliding windows with Gaussian blending for 3D models, batched
+slice-wise prediction for 2D and 2.5D models, and flip test-time augmentation.
+
+Written here rather than calling MONAI's ``sliding_window_inference`` so that the explain stage
+can stitch attribution maps with exactly the same windows and weights (``gaussian_importance``
+and ``window_starts`` are public), and to keep MONAI's import time out of ``delineo predict``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from delineo.sampling.patches import round_up
+
+
+@lru_cache(maxsize=8)
+def _gaussian(patch_size: tuple[int, ...], sigma_scale: float) -> torch.Tensor:
+    grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in patch_size], indexing="ij")
+    g = torch.ones(patch_size)
+    for grid, n in zip(grids, patch_size):
+        sigma = max(n * sigma_scale, 1e-3)
+        g = g * torch.exp(-0.5 * ((grid - (n - 1) / 2) / sigma) ** 2)
+    g = g / g.max()
+    return g.clamp_min(1e-3)  # never zero: edge voxels of a lone window still count
+
+
+def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """nnU-Net's blending weights: a Gaussian centred on the patch, sigma = size * scale."""
+    return _gaussian(tuple(int(p) for p in patch_size), float(sigma_scale))
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Evenly spaced window starts covering ``size`` with at least ``overlap`` between windows."""
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1 - overlap)))
+    n = int(np.ceil((size - patch) / step)) + 1
+    return [int(round(x)) for x in np.linspace(0, size - patch, n)]
+
+
+def pad_to(x: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad the spatial axes of (B, C, *S) to at least ``size`` (centred); return the crop back."""
+    spatial = x.shape[2:]
+    pads, crop = [], []
+    for s, t in zip(spatial, size):
+        total = max(0, t - s)
+        crop.append(slice(total // 2, total // 2 + s))
+        pads.append((total // 2, total - total // 2))
+    flat = [p for pair in reversed(pads) for p in pair]
+    return (F.pad(x, flat) if any(flat) else x), tuple(crop)
+
+
+def sliding_window(fn: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor, patch_size: Sequence[int],
+                   overlap: float = 0.5, batch_size: int = 4, divisor: int = 1,
+                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Apply ``fn`` ((B, C, *P) -> (B, K, *P)) over ``volume`` (C, *S) with Gaussian blending.
+
+    Returns (K, *S). Windows never exceed the (padded) volume; a volume smaller than the patch
+    is padded up to a multiple of ``divisor`` and predicted in one window.
+    """
+    x = volume[None]
+    patch = [min(p, round_up(s, divisor)) for p, s in zip(patch_size, x.shape[2:])]
+    x, crop = pad_to(x, patch)
+    spatial = x.shape[2:]
+    weight = gaussian_importance(patch).to(volume.device)
+    starts = list(itertools.product(*[window_starts(s, p, overlap) for s, p in zip(spatial, patch)]))
+    out = None
+    norm = torch.zeros(spatial, device=volume.device)
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i : i + batch_size]
+        batch = torch.cat([x[(slice(None), slice(None)) + tuple(slice(s, s + p) for s, p in zip(st, patch))]
+                           for st in chunk])
+        pred = fn(batch)
+        if out is None:
+            out = torch.zeros((pred.shape[1],) + tuple(spatial), device=volume.device, dtype=pred.dtype)
+        for st, p in zip(chunk, pred):
+            sl = tuple(slice(s, s + q) for s, q in zip(st, patch))
+            out[(slice(None),) + sl] += p * weight
+            norm[sl] += weight
+        if progress:
+            progress(len(chunk))
+    out = out / norm
+    return out[(slice(None),) + crop]
+
+
+def slice_wise(fn: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor, axis: int, context: int = 0,
+               batch_size: int = 32, divisor: int = 1) -> torch.Tensor:
+    """Apply a 2D ``fn`` slice by slice along ``axis`` of (C, *S); 2.5D when ``context`` > 0
+    (k = 2*context+1 neighbouring slices of every channel as channels, edges replicated)."""
+    c = volume.shape[0]
+    n = volume.shape[1 + axis]
+    moved = volume.movedim(1 + axis, 1)  # (C, N, H, W)
+    plane = moved.shape[2:]
+    target = [round_up(s, divisor) for s in plane]
+    outs = []
+    for i in range(0, n, batch_size):
+        idx = torch.arange(i, min(i + batch_size, n))
+        if context > 0:
+            offs = torch.arange(-context, context + 1)
+            nb = (idx[:, None] + offs[None, :]).clamp(0, n - 1)  # (b, k)
+            batch = moved[:, nb]  # (C, b, k, H, W)
+            batch = batch.permute(1, 0, 2, 3, 4).reshape(len(idx), c * len(offs), *plane)
+        else:
+            batch = moved[:, idx].permute(1, 0, 2, 3)
+        padded, crop = pad_to(batch, target)
+        outs.append(fn(padded)[(slice(None), slice(None)) + crop])
+    out = torch.cat(outs)  # (N, K, H, W)
+    return out.permute(1, 0, 2, 3).movedim(1, 1 + axis)
+
+
+def flip_tta(fn: Callable[[torch.Tensor], torch.Tensor], dims: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Average ``fn`` over all mirrorings of the spatial axes (2**dims passes)."""
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        combos = [c for r in range(dims + 1) for c in itertools.combinations(range(2, 2 + dims), r)]
+        for axes in combos:
+            xi = torch.flip(x, axes) if axes else x
+            yi = fn(xi)
+            yi = torch.flip(yi, axes) if axes else yi
+            total = yi if total is None else total + yi
+        return total / len(combos)
+
+    return wrapped

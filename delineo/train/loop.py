@@ -1,0 +1,396 @@
+"""The training loop: one code path for CPU, one GPU, and several processes under ``torchrun``.
+
+Resumability is designed in, not bolted on: every epoch draws its samples, augmentations and
+dropout masks from generators seeded by (seed, epoch, rank), and ``last.pt`` (written
+atomically after every epoch) holds the weights, optimiser, schedule, log rows and elapsed
+time. A run killed at any point (even ``kill -9`` mid-epoch) and resumed with ``--resume``
+therefore repeats the interrupted epoch exactly and ends with the same weights as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from delineo.augment.transforms import Augmenter
+from delineo.config import ExperimentConfig, save_config
+from delineo.data.cache import CaseCache
+from delineo.data.sources import Case, load_dataset
+from delineo.data.splits import fold_cases, load_or_make_splits
+from delineo.errors import DelineoError, InputError
+from delineo.io.atomic import atomic_path, write_text_atomic
+from delineo.io.files import write_image
+from delineo.io.image import Image
+from delineo.infer.predictor import ModelMeta, Predictor, build_model, pick_device
+from delineo.losses import deep_supervised
+from delineo.registry import LOSSES, OPTIMIZERS, SCHEDULES
+from delineo.sampling.patches import PatchSampler, default_patch_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def run_dir_for(runs_root: Path, cfg: ExperimentConfig, fold: Optional[int]) -> Path:
+    return Path(runs_root) / cfg.name / (f"fold_{fold}" if fold is not None else "all")
+
+
+def _seed_for(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # next epoch to run
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    elapsed: float = 0.0
+    bad_validations: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains one fold of an experiment into ``run_dir``."""
+
+    def __init__(self, cfg: ExperimentConfig, runs_root: Path, fold: Optional[int] = 0, resume: bool = False,
+                 cache_root: Optional[Path] = None, progress: bool = True) -> None:
+        self.cfg, self.fold, self.resume, self.progress = cfg, fold, resume, progress
+        self.device = pick_device(cfg.train.device)
+        self.dist = init_distributed(self.device)
+        if self.device.type == "cuda" and self.dist.world > 1:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.exp_dir = Path(runs_root) / cfg.name
+        self.run_dir = run_dir_for(runs_root, cfg, fold)
+        self.cache_root = Path(cache_root) if cache_root else self.exp_dir / "cache"
+        self.show = progress and self.dist.main
+
+    # ----------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg, d = self.cfg, self.dist
+        last = self.run_dir / "checkpoints" / "last.pt"
+        if last.exists() and not self.resume:
+            raise DelineoError(f"{self.run_dir}: already holds a run; use --resume to continue it or remove the folder.")
+        self.dataset = load_dataset(cfg.data)
+        by_id = {c.case_id: c for c in self.dataset.cases}
+        if d.main:
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+            self.splits = load_or_make_splits(self.exp_dir / "splits.json", self.dataset.cases, cfg.data.folds,
+                                              cfg.data.seed, cfg.data.stratify, cfg.data.test_fraction)
+        d.barrier()
+        if not d.main:
+            self.splits = json.loads((self.exp_dir / "splits.json").read_text())
+        train_ids, val_ids = fold_cases(self.splits, self.fold)
+        self.train_cases = [by_id[i] for i in train_ids]
+        self.val_cases = [by_id[i] for i in val_ids]
+        self.cache = CaseCache(self.cache_root, cfg.preprocess, self.dataset.labels)
+        if d.main:
+            t0 = time.perf_counter()
+            self.cache.prepare(self.train_cases + self.val_cases, progress=self.show)
+            log.info("preprocessing ready in %.1f s (%d cases)", time.perf_counter() - t0,
+                     len(self.train_cases) + len(self.val_cases))
+        d.barrier()
+        shard = self.train_cases[d.rank :: d.world] if d.world > 1 else self.train_cases
+        self.train_data = [self.cache.load(c) for c in shard]
+        s = cfg.sampling
+        dims = 3 if s.mode == "3d" else 2
+        n_ch = len(self.dataset.channels)
+        in_ch = n_ch * (2 * s.context + 1 if s.mode == "2.5d" else 1)
+        out_ch = int(cfg.model.get("out_channels", len(self.dataset.labels) + 1))
+        torch.manual_seed(cfg.train.seed)
+        meta = ModelMeta(in_ch, out_ch, dims, s.mode, [], s.axis, s.context if s.mode == "2.5d" else 0,
+                         dict(self.dataset.labels), list(self.dataset.channels))
+        self.model = build_model(cfg, meta).to(self.device)
+        meta.divisor = int(getattr(self.model, "divisor", 16))
+        shapes = [c.image.shape[1:] for c in self.train_data]
+        meta.patch_size = list(s.patch_size) if s.patch_size else default_patch_size(shapes, s.mode, s.axis, meta.divisor)
+        self.meta = meta
+        self.sampler = PatchSampler(self.train_data, s.mode, meta.patch_size, s.axis, s.context, s.foreground_fraction)
+        self.augmenter = Augmenter(cfg.augment, dims)
+        self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=out_ch)
+        self.optimizer = OPTIMIZERS.build(cfg.train.optimizer, "train.optimizer", params=self.model.parameters())
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.schedule = SCHEDULES.build(cfg.train.schedule or {"name": "constant"}, "train.schedule")
+        self.amp = cfg.train.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = TrainState()
+        if self.resume and last.exists():
+            self._load(last)
+        self.net = self.model
+        if d.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if d.main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            write_text_atomic(self.run_dir / "cases.json", json.dumps(
+                {"fold": self.fold, "train": [c.case_id for c in self.train_cases],
+                 "val": [c.case_id for c in self.val_cases]}, indent=1))
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("%s: %s with %.2f M parameters, %s patches %s, %d train / %d val cases, device %s x%d",
+                 self.run_dir, cfg.model.get("name"), n_params / 1e6, s.mode, meta.patch_size,
+                 len(self.train_cases), len(self.val_cases), self.device, d.world)
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "format": "delineo-checkpoint/1",
+            "config": self.cfg.to_dict(),
+            "meta": self.meta.to_dict(),
+            "model_state": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": {"epoch": st.epoch, "best_metric": st.best_metric, "best_epoch": st.best_epoch,
+                      "elapsed": st.elapsed, "bad_validations": st.bad_validations, "rows": st.rows},
+        }
+
+    def _save(self, path: Path, ckpt: dict[str, Any]) -> None:
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(ckpt, tmp)
+
+    def _load(self, path: Path) -> None:
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise InputError(f"{path}: cannot resume, the checkpoint is unreadable ({type(exc).__name__}).") from None
+        self.model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        s = ckpt["state"]
+        self.state = TrainState(s["epoch"], s["best_metric"], s["best_epoch"], s["elapsed"], s["bad_validations"],
+                                list(s["rows"]))
+        log.info("resuming %s at epoch %d", path, self.state.epoch)
+
+    # ------------------------------------------------------------------ train
+    def progress_fraction(self) -> float:
+        tc = self.cfg.train
+        p = self.state.epoch / tc.epochs
+        if tc.max_minutes:
+            p = max(p, self.state.elapsed / (tc.max_minutes * 60))
+        return min(p, 1.0)
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, st = self.cfg, self.state
+        tc = cfg.train
+        factor = self.schedule.factor(st.epoch, self.progress_fraction())
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * factor
+        momentum = getattr(self.schedule, "momentum", None)
+        if callable(momentum):
+            m = momentum(st.epoch, self.progress_fraction())
+            if m is not None:
+                for g in self.optimizer.param_groups:
+                    if "betas" in g:
+                        g["betas"] = (m, g["betas"][1])
+                    elif "momentum" in g:
+                        g["momentum"] = m
+        seed = _seed_for(tc.seed, st.epoch, self.dist.rank)
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout masks
+        self.net.train()
+        losses, t_data, t_net = [], 0.0, 0.0
+        bar = tqdm(range(tc.iterations_per_epoch), desc=f"epoch {st.epoch}", unit="it", leave=False,
+                   disable=not self.show)
+        for _ in bar:
+            t0 = time.perf_counter()
+            x, y = self.sampler.sample(cfg.sampling.batch_size, rng)
+            xt, yt = self.augmenter(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), gen)
+            xt, yt = xt.to(self.device, non_blocking=True), yt.to(self.device, non_blocking=True)
+            t1 = time.perf_counter()
+            with torch.autocast(self.device.type, enabled=self.amp):
+                out = self.net(xt)
+                loss = deep_supervised(self.loss_fn, out, yt)
+            if not torch.isfinite(loss):
+                raise DelineoError(f"{self.run_dir}: the loss became {loss.item()} at epoch {st.epoch}; "
+                                   "lower train.optimizer.lr.")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if tc.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            t2 = time.perf_counter()
+            t_data += t1 - t0
+            t_net += t2 - t1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        return {"train_loss": float(np.mean(losses)), "lr": self.optimizer.param_groups[0]["lr"],
+                "data_seconds": t_data, "net_seconds": t_net}
+
+    # -------------------------------------------------------------- validate
+    def validate(self, save_dirs: list[Path]) -> dict[str, float]:
+        """Predict every validation case whole, as ``predict`` does, and score it per patient."""
+        predictor = Predictor(self.model, self.cfg, self.meta, self.device, tta=False)
+        per_label: dict[str, list[float]] = {name: [] for name in self.meta.labels.values()}
+        case_means = []
+        for case in tqdm(self.val_cases, desc="validate", unit="case", leave=False, disable=not self.show):
+            cached = self.cache.load(case)
+            seg, _ = predictor.predict_preprocessed(np.asarray(cached.image), cached.record)
+            ref = self._reference(case)
+            dices = []
+            for value, name in self.meta.labels.items():
+                d = dice(seg == value, ref.array == value)
+                per_label[name].append(d)
+                dices.append(d)
+            case_means.append(float(np.mean(dices)))
+            for folder in save_dirs:
+                write_image(ref.with_array(seg.astype(np.uint8)), folder / f"{case.case_id}.nii.gz")
+        self.model.train()
+        out = {f"val_dice_{n}": float(np.mean(v)) for n, v in per_label.items()}
+        out["val_dice"] = float(np.mean(case_means))
+        return out
+
+    def _reference(self, case: Case) -> Image:
+        if not hasattr(self, "_refs"):
+            self._refs: dict[str, Image] = {}
+        if case.case_id not in self._refs:
+            _, label = case.load()
+            self._refs[case.case_id] = label
+        return self._refs[case.case_id]
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> Path:
+        self.setup()
+        cfg, st, d = self.cfg, self.state, self.dist
+        tc = cfg.train
+        bar = tqdm(total=tc.epochs, initial=st.epoch, desc="train", unit="epoch", disable=not self.show)
+        while st.epoch < tc.epochs:
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": st.epoch}
+            row.update(self.train_epoch())
+            stop = False
+            last_epoch = st.epoch + 1 >= tc.epochs
+            over_time = bool(tc.max_minutes) and st.elapsed + (time.perf_counter() - t0) >= tc.max_minutes * 60
+            if d.main and self.val_cases and ((st.epoch + 1) % tc.val_every == 0 or last_epoch or over_time):
+                is_snapshot = st.epoch in tc.snapshot_epochs
+                tmp_dir = self.run_dir / "predictions" / ".candidate"
+                dirs = [tmp_dir] + ([self.run_dir / "predictions" / f"epoch_{st.epoch:04d}"] if is_snapshot else [])
+                metrics = self.validate(dirs)
+                row.update(metrics)
+                self.schedule.observe(metrics["val_dice"])
+                if metrics["val_dice"] > st.best_metric:
+                    st.best_metric, st.best_epoch, st.bad_validations = metrics["val_dice"], st.epoch, 0
+                    self._promote(tmp_dir, self.run_dir / "predictions" / "best")
+                    row["best"] = 1
+                else:
+                    st.bad_validations += 1
+                if tc.early_stopping_patience and st.bad_validations >= tc.early_stopping_patience:
+                    log.info("early stopping after %d validations without improvement", st.bad_validations)
+                    stop = True
+            row["seconds"] = time.perf_counter() - t0
+            st.elapsed += row["seconds"]
+            st.epoch += 1
+            st.rows.append(row)
+            if tc.max_minutes and st.elapsed >= tc.max_minutes * 60:
+                log.info("time budget of %.1f min reached after %d epochs", tc.max_minutes, st.epoch)
+                stop = True
+            stop = self._agree(stop)
+            if d.main:
+                ckpt = self._checkpoint()
+                if row.get("best") or not self.val_cases:
+                    self._save(self.run_dir / "checkpoints" / "best.pt", ckpt)
+                self._save(self.run_dir / "checkpoints" / "last.pt", ckpt)
+                self._write_log()
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", dice=f"{row.get('val_dice', float('nan')):.3f}")
+            log.info("epoch %d: loss %.4f%s lr %.2e %.1fs", row["epoch"], row["train_loss"],
+                     f" val dice {row['val_dice']:.4f}" if "val_dice" in row else "", row["lr"], row["seconds"])
+            if stop:
+                break
+        bar.close()
+        d.barrier()
+        return self.run_dir
+
+    def _agree(self, stop: bool) -> bool:
+        """All ranks stop together (rank 0 decides on validation, every rank on time)."""
+        if self.dist.world <= 1:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _promote(self, candidate: Path, best: Path) -> None:
+        """Replace the best predictions folder with the candidate in one rename."""
+        old = best.with_name(".old_best")
+        if old.exists():
+            _rmtree(old)
+        if best.exists():
+            os.replace(best, old)
+        os.replace(candidate, best)
+        if old.exists():
+            _rmtree(old)
+
+    def _write_log(self) -> None:
+        rows = self.state.rows
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        write_text_atomic(self.run_dir / "log.csv", buf.getvalue())
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Binary Dice with both-empty = 1 (the convention of delineo.evaluate.metrics)."""
+    sa, sb = int(a.sum()), int(b.sum())
+    if sa + sb == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(a, b).sum()) / (sa + sb)
+
+
+def train(cfg: ExperimentConfig, runs_root: Path, fold: Optional[int] = 0, resume: bool = False,
+          cache_root: Optional[Path] = None, progress: bool = True) -> Path:
+    """Train one fold (``None``: all non-test cases, no validation) and return its run folder."""
+    return Trainer(cfg, runs_root, fold, resume, cache_root, progress).run()
