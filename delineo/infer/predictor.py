@@ -115,7 +115,7 @@ class Predictor:
     @torch.no_grad()
     def predict_array(self, image: np.ndarray) -> np.ndarray:
         """Probabilities (K, *S) for a preprocessed (C, *S) array."""
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).to(self.device)  # a copy: cache arrays are read-only maps
         m = self.meta
         fn = flip_tta(self._forward_probs, m.dims) if self.tta else self._forward_probs
         if m.mode == "3d":

@@ -153,6 +153,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = TrainState()
         if self.resume and last.exists():
+            for stale in last.parent.glob(".*.tmp*"):  # half-written files of a killed run
+                stale.unlink()
             self._load(last)
         self.net = self.model
         if d.world > 1:

@@ -1,0 +1,150 @@
+"""Training, resuming, prediction geometry and distributed training, on phantoms (fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from delineo.config import config_from_dict
+from delineo.infer.predictor import Predictor, load_checkpoint
+from delineo.infer.run import predict_paths
+from delineo.io import read_image, write_image
+from delineo.io.image import Image
+from delineo.train.loop import train
+
+from .conftest import phantom_case, phantom_experiment, write_msd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "delineo.cli", *args], capture_output=True, text=True, env=e, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    data = write_msd(root / "data", n=10)
+    cfg = config_from_dict(phantom_experiment(data, epochs=6, iterations_per_epoch=8))
+    return train(cfg, root / "runs", fold=0, progress=False)
+
+
+def test_run_folder_shape(trained: Path):
+    for rel in ("config.yaml", "log.csv", "cases.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (trained / rel).is_file(), rel
+    rows = (trained / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss") and len(rows) == 7
+    val = json.loads((trained / "cases.json").read_text())["val"]
+    assert sorted(p.name for p in (trained / "predictions" / "best").iterdir()) == sorted(f"{c}.nii.gz" for c in val)
+    ckpt = load_checkpoint(trained / "checkpoints" / "best.pt")
+    assert ckpt["config"]["name"] == "phantom" and ckpt["meta"]["labels"] == {"1": "one", "2": "two"}
+
+
+def test_learns_the_phantom(trained: Path):
+    from delineo.evaluate.run import evaluate_run
+
+    summary = evaluate_run(trained, progress=False)
+    assert summary["mean_dice"] > 0.7, summary["mean_dice"]
+    assert (trained / "report.html").is_file() and (trained / "metrics" / "cases.csv").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd"])
+def test_predict_keeps_input_geometry(trained: Path, tmp_path: Path, suffix: str):
+    image, label = phantom_case(np.random.default_rng(99))
+    # an oblique, flipped orientation the model never saw: output must still match the input grid
+    affine = np.array([[0, 0, -1.5, 20], [-1.0, 0, 0, 5], [0, 1.0, 0, -7], [0, 0, 0, 1]])
+    src = write_image(Image(image, affine), tmp_path / f"in{suffix}")
+    out = predict_paths(trained, src, tmp_path / "out", progress=False)[0]
+    assert out.name == f"in{suffix}"
+    pred, inp = read_image(out), read_image(src)
+    assert pred.array.shape == inp.array.shape
+    np.testing.assert_allclose(pred.affine, inp.affine, atol=1e-5)
+    fg = (pred.array > 0) == (label > 0)
+    assert fg.mean() > 0.9
+
+
+def test_predict_folder_with_probabilities(trained: Path, tmp_path: Path):
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        image, _ = phantom_case(rng)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / f"c{i}.nii.gz")
+    written = predict_paths(trained / "checkpoints" / "best.pt", tmp_path, tmp_path / "o", probabilities=True,
+                            progress=False)
+    assert [p.name for p in written] == ["c0.nii.gz", "c1.nii.gz"]
+    probs = read_image(tmp_path / "o" / "c0_probabilities.nii.gz", allow_4d=True)
+    assert probs.array.shape == (3, 24, 28, 20)
+    np.testing.assert_allclose(probs.array.sum(0), 1.0, atol=1e-4)
+
+
+def test_predict_one_case_is_fast(trained: Path, tmp_path: Path):
+    image, _ = phantom_case(np.random.default_rng(3))
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "a.nii.gz")
+    predictor = Predictor.from_checkpoint(trained)
+    t0 = time.perf_counter()
+    mask, _ = predictor.predict_images([read_image(tmp_path / "a.nii.gz")])
+    write_image(mask, tmp_path / "m.nii.gz")
+    assert time.perf_counter() - t0 < 1.0
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["model_state"]
+
+
+def test_kill_9_mid_epoch_then_resume_gives_identical_weights(tmp_path: Path):
+    data = write_msd(tmp_path / "data", n=8)
+    exp = phantom_experiment(data, epochs=4, iterations_per_epoch=30)
+    exp["sampling"]["batch_size"] = 16
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    ref = cli("train", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "ref"), "-q", "--no-evaluate")
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "delineo.cli", "train", str(tmp_path / "exp.yaml"), "--runs",
+                             str(tmp_path / "cut"), "-q", "--no-evaluate"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "cut" / "phantom" / "fold_0" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = torch.load(last, weights_only=False)["state"]["epoch"]
+    assert 1 <= epoch_at_kill < 4, "the kill should land mid-run"
+    rerun = cli("train", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "cut"), "-q")
+    assert rerun.returncode == 2 and "--resume" in rerun.stderr  # refuses to overwrite
+    resumed = cli("train", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "cut"), "--resume", "-q", "--no-evaluate")
+    assert resumed.returncode == 0, resumed.stderr
+    a = weights(tmp_path / "ref" / "phantom" / "fold_0" / "checkpoints" / "last.pt")
+    b = weights(last)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = (last.parent.parent / "log.csv").read_text().splitlines()
+    assert len(log) == 5
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_torchrun_two_cpu_processes(tmp_path: Path):
+    data = write_msd(tmp_path / "data", n=8)
+    exp = phantom_experiment(data, epochs=2, iterations_per_epoch=3)
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=29533", "-m", "delineo.cli", "train",
+                          str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "runs"), "-q"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = tmp_path / "runs" / "phantom" / "fold_0"
+    assert len((run / "log.csv").read_text().splitlines()) == 3
+    assert load_checkpoint(run)["state"]["epoch"] == 2
+    assert res.stdout.count("mean Dice") == 1  # only rank 0 reports and writes
