@@ -528,7 +528,7 @@ def _read_pixels(files: list[Path], datasets: list[Any], modality: str, *, pet_s
     import pydicom
 
     volume: np.ndarray | None = None
-    suv = _SUVCalculator(datasets[0], files[0]) if modality == "PT" and pet_suv else None
+    suv = _SUVCalculator(datasets, files[0]) if modality == "PT" and pet_suv else None
     for k, path in enumerate(files):
         ds = pydicom.dcmread(path)
         pixels = decode_pixels(ds, path)
@@ -592,7 +592,8 @@ class _SUVCalculator:
     ADMIN -> injection time (no decay), NONE -> each slice's acquisition time.
     """
 
-    def __init__(self, ds, path: Path) -> None:
+    def __init__(self, datasets: Sequence[Any], path: Path) -> None:
+        ds = datasets[0]
         self.path = path
         units = str(_need(ds, path, "Units")).upper()
         self.already_suv = units in ("GML",)
@@ -618,7 +619,8 @@ class _SUVCalculator:
             raise InputError(f"{path}: RadionuclideTotalDose and RadionuclideHalfLife must be positive for SUV.")
         self.base_date = self._date(ds)
         start_dt = item.get("RadiopharmaceuticalStartDateTime", None)
-        if start_dt not in (None, ""):
+        self.injection_dated = start_dt not in (None, "")
+        if self.injection_dated:
             self.injection = _parse_datetime(start_dt)
         else:
             start = _need(item, path, "RadiopharmaceuticalStartTime")
@@ -626,10 +628,15 @@ class _SUVCalculator:
         if self.decay == "START":
             series_time = _need(ds, path, "SeriesTime")
             ref = _dt.datetime.combine(self._date(ds, "SeriesDate"), _parse_time(series_time))
-            acq = ds.get("AcquisitionTime", None)
-            if acq not in (None, ""):
-                acq_dt = _dt.datetime.combine(self._date(ds, "AcquisitionDate"), _parse_time(acq))
-                ref = min(ref, acq_dt)
+            # Post-processing may rewrite SeriesTime after the scan: then the earliest
+            # acquisition is the true series start (as in the QIBA SUV recommendations).
+            acquisitions = [
+                _dt.datetime.combine(self._date(d, "AcquisitionDate"), _parse_time(d.AcquisitionTime))
+                for d in datasets
+                if d.get("AcquisitionTime", None) not in (None, "")
+            ]
+            if acquisitions and min(acquisitions) < ref:
+                ref = min(acquisitions)
             self.fixed = self._decayed_factor(ref)
 
     def _date(self, ds, keyword: str = "SeriesDate") -> _dt.date:
@@ -641,7 +648,7 @@ class _SUVCalculator:
 
     def _decayed_factor(self, ref: _dt.datetime) -> float:
         dt = (ref - self.injection).total_seconds()
-        if dt < 0 and dt > -86400 and "RadiopharmaceuticalStartDateTime" not in str(self.injection):
+        if -86400 < dt < 0 and not self.injection_dated:
             dt += 86400  # injection before midnight, scan after: dates were not recorded
         if dt < 0:
             raise InputError(f"{self.path}: PET reference time is {-dt:.0f} s before the injection time; check RadiopharmaceuticalStartTime.")
