@@ -92,3 +92,24 @@ def test_dicom_seg_onto_ct_equals_nrrd():
     # Mapping by name onto another label value.
     remapped = read_dicom_seg(LIVER_DIR / "liver.dcm", ct3, labels={3: "liver"})
     assert np.array_equal(remapped.array, nrrd.array * 3)
+
+
+def test_align_to_grid_permutes_flips_and_shifts_exactly():
+    from delineo.io.image import Image
+
+    rng = np.random.default_rng(0)
+    ref_array = rng.integers(0, 4, size=(6, 5, 4)).astype(np.uint8)
+    ref = Image(ref_array, np.diag([0.8, 0.9, 2.5, 1.0]) + np.array([[0, 0, 0, 10], [0, 0, 0, -3], [0, 0, 0, 7], [0, 0, 0, 0]]))
+    # The same voxels stored with axes (k, i, j), i reversed: index (a, b, c) = (k, 5 - i, j).
+    moved = np.transpose(ref_array, (2, 0, 1))[:, ::-1, :]
+    to_ref = np.zeros((4, 4))
+    to_ref[0, 1], to_ref[0, 3] = -1, 5  # i = 5 - b
+    to_ref[1, 2] = 1  # j = c
+    to_ref[2, 0] = 1  # k = a
+    to_ref[3, 3] = 1
+    other = Image(moved.copy(), ref.affine @ to_ref)
+    assert np.array_equal(align_to_grid(other, ref).array, ref_array)
+    # Shifted by two slices: the part outside the reference grid is dropped.
+    shifted = Image(ref_array.copy(), ref.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 2], [0, 0, 0, 1.0]]))
+    out = align_to_grid(shifted, ref).array
+    assert np.array_equal(out[:, :, 2:], ref_array[:, :, :2]) and not out[:, :, :2].any()

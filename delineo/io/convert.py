@@ -150,7 +150,7 @@ def convert_dicom_collection(
         log.warning("%s: cases mix modalities %s; dataset.json lists the first.", in_dir, sorted(set(modalities)))
     dataset: dict[str, Any] = {
         "name": name,
-        "description": f"Converted from DICOM ({in_dir.name}) by Delineo",
+        "description": "Converted from DICOM by Delineo" + ("" if anonymise else f" ({in_dir.name})"),
         "tensorImageSize": "3D",
         "modality": {"0": _MSD_MODALITY.get(modalities[0], modalities[0] or "unknown")},
         "labels": {"0": "background", **{str(k): v for k, v in sorted(table.items())}},

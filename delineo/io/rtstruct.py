@@ -22,13 +22,7 @@ import numpy as np
 
 from delineo.errors import InputError
 from delineo.io.atomic import atomic_path
-from delineo.io.dicom import (
-    PATIENT_STUDY_KEYWORDS,
-    is_dicom_image,
-    lps_from_ras,
-    source_datasets,
-)
-from delineo.io.dicom import align_to_grid
+from delineo.io.dicom import PATIENT_STUDY_KEYWORDS, align_to_grid, is_dicom_image, lps_from_ras, source_datasets
 from delineo.io.export import label_names, label_values, normalise_name, resolve_colors
 from delineo.io.image import Image
 
