@@ -587,9 +587,10 @@ def _align(ckpt: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, tor
         fixed[m.group(1) + m.group(2) if m else k] = v
     model_norm = {k: k for k in model_keys}
     best, best_map = -1, {}
-    for strip in _prefixes(fixed, 1):
+    adds = sorted(_prefixes(model_norm, 2))  # '' first: ties keep the names as they are
+    for strip in sorted(_prefixes(fixed, 1)):
         stripped = {k[len(strip):]: v for k, v in fixed.items() if k.startswith(strip)}
-        for add in _prefixes(model_norm, 2):
+        for add in adds:
             hits = sum((add + k) in model_norm for k in stripped)
             if hits > best:
                 best = hits
