@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from delineo.losses import dice  # noqa: F401
+from delineo.losses import combo, overlap, pixel  # noqa: F401
 from delineo.losses.dice import CrossEntropyLoss, DiceCELoss, DiceLoss, probabilities
 
 
