@@ -173,6 +173,7 @@ class TrainConfig(Strict):
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    channels_last: bool = Field(True, description="channels-last memory format (about 30% faster 3D convolutions on CPU)")
     num_threads: Optional[int] = Field(None, ge=1)
     grad_clip: Optional[float] = Field(12.0, gt=0)
 

@@ -92,8 +92,11 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, cfg: ExperimentConfig, meta: ModelMeta,
                  device: torch.device | str = "cpu", tta: Optional[bool] = None) -> None:
-        self.model = model.to(device).eval()
         self.cfg, self.meta = cfg, meta
+        fmt = torch.contiguous_format
+        if cfg.train.channels_last:
+            fmt = torch.channels_last_3d if meta.dims == 3 else torch.channels_last
+        self.model = model.to(device).to(memory_format=fmt).eval()
         self.device = torch.device(device)
         self.tta = cfg.infer.tta if tta is None else tta
 
@@ -107,6 +110,8 @@ class Predictor:
         return cls(model, cfg, meta, pick_device(device), tta)
 
     def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.train.channels_last and x.dim() in (4, 5):
+            x = x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
         out = self.model(x)
         if isinstance(out, (list, tuple)):
             out = out[0]

@@ -38,6 +38,7 @@ from delineo.io.image import Image
 from delineo.infer.predictor import ModelMeta, Predictor, build_model, pick_device
 from delineo.losses import deep_supervised
 from delineo.registry import LOSSES, OPTIMIZERS, SCHEDULES
+from delineo.train.optim import set_momentum
 from delineo.sampling.patches import PatchSampler, default_patch_size
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 def run_dir_for(runs_root: Path, cfg: ExperimentConfig, fold: Optional[int]) -> Path:
     return Path(runs_root) / cfg.name / (f"fold_{fold}" if fold is not None else "all")
+
+
+def memory_format(cfg: ExperimentConfig, dims: int) -> torch.memory_format:
+    if not cfg.train.channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if dims == 3 else torch.channels_last
 
 
 def _seed_for(*parts: int) -> int:
@@ -139,6 +146,8 @@ class Trainer:
         meta = ModelMeta(in_ch, out_ch, dims, s.mode, [], s.axis, s.context if s.mode == "2.5d" else 0,
                          dict(self.dataset.labels), list(self.dataset.channels))
         self.model = build_model(cfg, meta).to(self.device)
+        self.memory_format = memory_format(cfg, dims)
+        self.model = self.model.to(memory_format=self.memory_format)
         meta.divisor = int(getattr(self.model, "divisor", 16))
         shapes = [c.image.shape[1:] for c in self.train_data]
         meta.patch_size = list(s.patch_size) if s.patch_size else default_patch_size(shapes, s.mode, s.axis, meta.divisor)
@@ -218,15 +227,9 @@ class Trainer:
         factor = self.schedule.factor(st.epoch, self.progress_fraction())
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * factor
-        momentum = getattr(self.schedule, "momentum", None)
-        if callable(momentum):
-            m = momentum(st.epoch, self.progress_fraction())
-            if m is not None:
-                for g in self.optimizer.param_groups:
-                    if "betas" in g:
-                        g["betas"] = (m, g["betas"][1])
-                    elif "momentum" in g:
-                        g["momentum"] = m
+        m = self.schedule.momentum(st.epoch, self.progress_fraction())
+        if m is not None:
+            set_momentum(self.optimizer, m)
         seed = _seed_for(tc.seed, st.epoch, self.dist.rank)
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
@@ -239,7 +242,8 @@ class Trainer:
             t0 = time.perf_counter()
             x, y = self.sampler.sample(cfg.sampling.batch_size, rng)
             xt, yt = self.augmenter(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), gen)
-            xt, yt = xt.to(self.device, non_blocking=True), yt.to(self.device, non_blocking=True)
+            xt = xt.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yt = yt.to(self.device, non_blocking=True)
             t1 = time.perf_counter()
             with torch.autocast(self.device.type, enabled=self.amp):
                 out = self.net(xt)
