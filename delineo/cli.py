@@ -59,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write the class probabilities")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (mirroring)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--format", dest="fmt", choices=["nifti", "nrrd", "dicom-seg", "rtstruct", "overlay"], default=None,
+                   help="output format (default: the input's format; NIfTI for DICOM input)")
+    p.add_argument("--series", default=None, help="DICOM folder with several series: the UID or number to use")
+    p.add_argument("--anonymise", action="store_true", help="no patient attributes in NIfTI/NRRD sidecars")
+    _add_common(p)
+
+    p = sub.add_parser("convert", help="turn a DICOM collection with SEG/RTSTRUCT masks into an MSD dataset")
+    p.add_argument("input", type=Path, help="folder of DICOM files (any layout)")
+    p.add_argument("output", type=Path, help="new MSD-layout dataset folder")
+    p.add_argument("--labels", default=None, help='label map as JSON, e.g. \'{"1": "liver", "2": "lesion"}\'')
+    p.add_argument("--name", default="Dataset", help="dataset name for dataset.json")
+    p.add_argument("--anonymise", action="store_true", help="do not write patient/study identifiers")
+    _add_common(p)
+
+    p = sub.add_parser("series", help="list the DICOM series in a folder")
+    p.add_argument("folder", type=Path)
     _add_common(p)
     return parser
 
@@ -67,6 +83,8 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr, force=True)
+    if not debug:
+        logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every copied attribute
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -138,9 +156,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from delineo.infer.run import predict_paths
 
     written = predict_paths(args.model, args.input, args.output, probabilities=args.probabilities,
-                            tta=args.tta, device=args.device, progress=not args.quiet)
+                            tta=args.tta, device=args.device, progress=not args.quiet, fmt=args.fmt,
+                            series=args.series, anonymise=args.anonymise)
     for path in written:
         print(path)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import json
+
+    from delineo.io.convert import convert_dicom_collection
+
+    labels = None
+    if args.labels:
+        try:
+            labels = {int(k): str(v) for k, v in json.loads(args.labels).items()}
+        except (ValueError, AttributeError):
+            raise DelineoError(f"--labels {args.labels}: expected JSON such as '{{\"1\": \"liver\"}}'.") from None
+    out = convert_dicom_collection(args.input, args.output, labels, name=args.name, anonymise=args.anonymise)
+    print(f"{out}: MSD dataset written (dataset.json, imagesTr/, labelsTr/)")
+    return 0
+
+
+def cmd_series(args: argparse.Namespace) -> int:
+    from delineo.io.dicom import list_series
+
+    infos = list_series(args.folder)
+    if not infos:
+        raise InputError(f"{args.folder}: no DICOM series found.")
+    for i in infos:
+        print(i.describe())
     return 0
 
 
@@ -151,7 +197,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+            "convert": cmd_convert, "series": cmd_series}
 
 if __name__ == "__main__":
     sys.exit(main())

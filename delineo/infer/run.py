@@ -1,65 +1,112 @@
-"""``delineo predict``: segment a file or a folder of files with a checkpoint and write each
-mask (and optionally its probabilities) with exactly the shape, affine and orientation of its
-input. All inputs are checked before any output is written, so bad input leaves nothing.
+"""``delineo predict``: segment a file, a folder of files or a DICOM series with a checkpoint
+and write each mask with exactly the geometry of its input, as NIfTI / NRRD (optionally with
+probabilities) or as DICOM-SEG, RTSTRUCT or an RGB overlay series referencing the source.
+All inputs are read and checked before any output is written, so bad input leaves nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from tqdm import tqdm
 
 from delineo.errors import InputError
 from delineo.infer.predictor import Predictor
+from delineo.io.export import FORMATS, write_prediction
 from delineo.io.files import IMAGE_SUFFIXES, case_name, image_suffix, is_image_file, read_image, write_image
+from delineo.io.image import Image
 
 log = logging.getLogger(__name__)
 
+SUFFIX_BY_FORMAT = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom-seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm",
+                    "overlay": "_overlay"}
 
-def _inputs(path: Path) -> list[Path]:
+
+@dataclass
+class Job:
+    name: str
+    source: Path
+    image: Optional[Image] = None
+
+
+def _jobs(path: Path, series: Optional[str]) -> list[Job]:
     if not path.exists():
         raise InputError(f"{path}: input not found.")
     if path.is_file():
-        return [path]
+        return [Job(case_name(path), path)]
     files = sorted(p for p in path.iterdir() if is_image_file(p) and not p.name.startswith("."))
-    if not files:
-        raise InputError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder.")
-    return files
+    if files:
+        return [Job(case_name(f), f) for f in files]
+    from delineo.io.dicom import list_series
+
+    if not list_series(path):
+        raise InputError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) and no DICOM series in this folder.")
+    return [Job(path.name or "series", path)]
 
 
-def output_path(inp: Path, output: Path, single: bool) -> Path:
-    if single and image_suffix(output):
+def _read(job: Job, series: Optional[str]) -> Image:
+    if job.source.is_dir():
+        from delineo.io.dicom import read_dicom_series
+
+        return read_dicom_series(job.source, series)
+    return read_image(job.source)
+
+
+def output_path(job: Job, output: Path, single: bool, fmt: Optional[str]) -> Path:
+    """The output file (or overlay folder) of one job."""
+    if single and fmt != "overlay" and (image_suffix(output) or output.suffix.lower() == ".dcm"):
         return output
-    suffix = image_suffix(inp) or ".nii.gz"
-    return output / f"{case_name(inp)}{suffix}"
+    if fmt is None:  # keep the input's own format
+        suffix = image_suffix(job.source) or ".nii.gz"
+        return output / f"{job.name}{suffix}"
+    return output / f"{job.name}{SUFFIX_BY_FORMAT[fmt]}"
 
 
 def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bool = False, tta: bool = False,
-                  device: str = "auto", progress: bool = True) -> list[Path]:
-    """Predict every image under ``input_path``; return the written mask paths."""
+                  device: str = "auto", progress: bool = True, fmt: Optional[str] = None,
+                  series: Optional[str] = None, anonymise: bool = False) -> list[Path]:
+    """Predict every image under ``input_path``; return the written mask paths.
+
+    ``fmt`` is one of nifti, nrrd, dicom-seg, rtstruct, overlay (default: the input's format,
+    NIfTI for DICOM input). ``series`` picks one series (UID or number) of a DICOM folder.
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"--format {fmt}: unknown format (choose one of {', '.join(FORMATS)}).")
     predictor = Predictor.from_checkpoint(model, device=device, tta=tta)
-    files = _inputs(Path(input_path))
-    single = len(files) == 1 and Path(input_path).is_file()
+    input_path, output = Path(input_path), Path(output)
+    jobs = _jobs(input_path, series)
+    single = len(jobs) == 1 and (input_path.is_file() or jobs[0].source.is_dir())
     if not single and image_suffix(output):
         raise InputError(f"{output}: a folder input needs an output folder, not a file name.")
     n_ch = len(predictor.meta.channels)
     if n_ch > 1:
-        raise InputError(f"{model}: this model needs {n_ch} channels; predict them with the Python API "
-                         "(Predictor.predict_images) or an MSD-style folder of _0000.. files.")
-    images = []
-    for f in files:  # validate every input before writing anything
-        images.append(read_image(f))
+        raise InputError(f"{model}: this model needs {n_ch} channels ({', '.join(predictor.meta.channels)}); "
+                         "predict it with the Python API (Predictor.predict_images).")
+    for job in jobs:  # read and check every input before writing anything
+        job.image = _read(job, series)
+        if fmt in ("dicom-seg", "rtstruct", "overlay") and not job.source.is_dir():
+            raise InputError(f"{job.source}: format {fmt} needs a DICOM series as input, not a {image_suffix(job.source)} file.")
+    if anonymise and fmt in ("dicom-seg", "rtstruct", "overlay"):
+        raise InputError(f"--anonymise: format {fmt} must carry the patient's identifiers; use nifti or nrrd.")
+    model_name = f"{predictor.cfg.name} ({Path(str(model)).name})"
     written = []
-    for f, image in tqdm(list(zip(files, images)), desc="predict", unit="case", disable=not progress or single):
+    for job in tqdm(jobs, desc="predict", unit="case", disable=not progress or single):
         t0 = time.perf_counter()
-        mask, probs = predictor.predict_images([image])
-        out = output_path(f, Path(output), single)
-        write_image(mask, out)
+        mask, probs = predictor.predict_images([job.image])
+        out = output_path(job, output, single, fmt if fmt or job.source.is_dir() else None)
+        if fmt is None and not job.source.is_dir():
+            write_image(mask, out)  # same format as the input file
+        else:
+            out = write_prediction(mask, job.image, out, fmt or "nifti", predictor.meta.labels,
+                                   model_name=model_name, anonymise=anonymise)
         if probabilities or predictor.cfg.infer.save_probabilities:
-            prob_out = out.with_name(case_name(out) + "_probabilities" + (image_suffix(out) or ".nii.gz"))
+            suffix = image_suffix(out) or ".nii.gz"
+            prob_out = out.with_name(case_name(out) + "_probabilities" + suffix)
             write_image(probs, prob_out)
-        log.info("%s -> %s in %.2f s", f, out, time.perf_counter() - t0)
+        log.info("%s -> %s in %.2f s", job.source, out, time.perf_counter() - t0)
         written.append(out)
     return written
