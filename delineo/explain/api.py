@@ -236,11 +236,9 @@ def explain_full(model: nn.Module, image: np.ndarray, method: str, target: str =
     info: dict[str, Any] = {"method": spec.name, "target": target if isinstance(target, str) else "custom"}
 
     with eval_mode(model):
-        with torch.no_grad():
-            probs = runner(lambda x: probabilities(_logits(model, x))[0])
+        probs = _probabilities(model, runner)
         num_outputs = probs.shape[0]
-        channel = label_channel(num_outputs, label)
-        prediction = (probs[channel] >= threshold).numpy()
+        prediction = (probs[label_channel(num_outputs, label)] >= threshold).numpy()
 
         if spec.kind == "synthetic":
             example = runner.example_input()
@@ -292,6 +290,13 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
+@torch.no_grad()
+def _probabilities(model: nn.Module, runner: "_Runner") -> torch.Tensor:
+    """The model's label probabilities ``(K, *S)`` on the whole image, processed like the map."""
+    with eval_mode(model):
+        return runner(lambda x: probabilities(_logits(model, x))[0])
+
+
 def explain(model: nn.Module, image: np.ndarray, method: str, target: str = "positive-prediction",
             layer: str | None = None, mode: str = "3d", patch_size: int | Sequence[int] | None = None,
             axis: int = 2, context: int = 1, threshold: float = 0.5, label: int | None = None,
@@ -320,17 +325,15 @@ def sanity(model: nn.Module, image: np.ndarray, method: str, layers: Sequence[st
     still has its (changed) attribution for the same voxels compared, not an empty map.
     """
     kwargs = dict(explain_kwargs)
-    if kwargs.get("target", "positive-prediction") == "positive-prediction":
-        fixed = explain_full(model, image, "saliency", **{k: v for k, v in kwargs.items()
-                                                          if k in _FIXED_KEYS})
-        if fixed.prediction.any():
-            kwargs.update(target="region", mask=fixed.prediction)
     volume = torch.as_tensor(np.asarray(image), dtype=torch.float32)
     runner = _Runner(volume, kwargs.get("mode", "3d"), kwargs.get("patch_size"),
-                     kwargs.get("axis", 2), kwargs.get("context", 1), 0.5)
+                     kwargs.get("axis", 2), kwargs.get("context", 1), kwargs.get("overlap", 0.5))
+    if kwargs.get("target", "positive-prediction") == "positive-prediction":
+        probs = _probabilities(model, runner)
+        prediction = probs[label_channel(probs.shape[0], kwargs.get("label"))] >= kwargs.get("threshold", 0.5)
+        if prediction.any():
+            kwargs.update(target="region", mask=prediction.numpy())
     return sanity_check(model, runner.example_input(),
                         lambda m: explain(m, image, method, **kwargs),
                         layers=layers, method=method, threshold=threshold, seed=seed)
 
-
-_FIXED_KEYS = ("mode", "patch_size", "axis", "context", "threshold", "label", "overlap")

@@ -30,12 +30,11 @@ def save_map_nifti(attribution: np.ndarray, image: Image, path: str | Path) -> P
     return write_image(Image(array, image.affine.copy(), image.modality, meta), path)
 
 
-def choose_slices(mask: np.ndarray | None, axis: int = 2, count: int = 3) -> list[int]:
+def choose_slices(mask: np.ndarray, axis: int = 2, count: int = 3) -> list[int]:
     """The ``count`` slices along ``axis`` where ``mask`` has most voxels (ascending order); the
-    middle slice when the mask is missing or empty."""
-    if mask is None or not np.any(mask):
-        if mask is None:
-            raise DelineoError("choose_slices needs a mask (or give the slices explicitly).")
+    middle slice when the mask is empty."""
+    mask = np.asarray(mask)
+    if not np.any(mask > 0):
         return [mask.shape[axis] // 2]
     other = tuple(a for a in range(mask.ndim) if a != axis)
     area = (np.asarray(mask) > 0).sum(axis=other)
@@ -93,7 +92,7 @@ def save_panels(path: str | Path, image: np.ndarray, attribution: np.ndarray,
             ax.set_xticks([])
             ax.set_yticks([])
         for mask, colour in ((pred, "red"), (ref, "lime")):
-            if mask is not None and np.any(mask) and np.ptp(mask > 0):
+            if mask is not None and np.any(mask > 0) and not np.all(mask > 0):
                 ax_cont.contour((mask > 0).astype(float), levels=[0.5], colors=colour, linewidths=1.0)
         shown = ax_map.imshow(m, origin="lower", alpha=alpha, **norm)
         fig.colorbar(shown, ax=ax_map, fraction=0.046, pad=0.04)
