@@ -123,6 +123,15 @@ def test_activation_maximisation_class_output_and_3d() -> None:
         assert net(x[None])[0, 1].mean() > net(x0)[0, 1].mean()
     with pytest.raises(DelineoError, match="channel 9"):
         activation_maximisation(net, (1, 8, 8, 6), layer="encoders.0.body.0", channel=9, steps=1)
+    # through explain: the explain-level label selects the output that is maximised
+    three = UNet(3, 3, dims=2, filters=(2, 4), norm="batch", act="leakyrelu").eval()
+    image = np.zeros((1, 8, 8, 5), np.float32)
+    synth = {lab: explain(three, image, "activation-maximisation", mode="2.5d", context=1, label=lab, steps=6)
+             for lab in (1, 2)}
+    assert synth[2].shape == (3, 8, 8)  # one 2.5D network input: 3 stacked slices
+    with torch.no_grad():
+        means = {lab: three(torch.as_tensor(v)[None])[0, 1:].mean((1, 2)) for lab, v in synth.items()}
+    assert means[2][1] - means[2][0] > means[1][1] - means[1][0]
 
 
 def test_activation_maps_ranked_inside_the_prediction() -> None:

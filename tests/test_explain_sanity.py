@@ -46,14 +46,18 @@ def trained() -> nn.Module:
     return model.eval()
 
 
-if "fake-input" not in METHODS:
+@pytest.fixture
+def fake_method():
+    """A registered 'method' that ignores the model: the map is the input itself."""
     @register_method("fake-input", "input")
     def _fake(model, x, target, layer):
-        """A 'method' that ignores the model: the map is the input itself."""
         return x.clone()
 
+    yield "fake-input"
+    del METHODS["fake-input"]
 
-def test_sanity_flags_a_method_that_ignores_the_weights(trained: nn.Module) -> None:
+
+def test_sanity_flags_a_method_that_ignores_the_weights(trained: nn.Module, fake_method: str) -> None:
     image = discs(1, seed=7)[0][0].numpy()
     state = copy.deepcopy(trained.state_dict())
     with torch.no_grad():

@@ -66,7 +66,8 @@ def register_method(name: str, kind: str, needs_layer: bool = False) -> Callable
     def decorator(fn: Callable) -> Callable:
         if name in METHODS:
             raise ValueError(f"explanation method '{name}' is already registered")
-        METHODS[name] = Method(name, fn, kind, needs_layer, (fn.__doc__ or "").strip().splitlines()[0])
+        doc = (fn.__doc__ or "").strip()
+        METHODS[name] = Method(name, fn, kind, needs_layer, doc.splitlines()[0] if doc else "")
         return fn
     return decorator
 
@@ -241,8 +242,10 @@ def explain_full(model: nn.Module, image: np.ndarray, method: str, target: str =
         prediction = (probs[label_channel(num_outputs, label)] >= threshold).numpy()
 
         if spec.kind == "synthetic":
-            example = runner.example_input()
-            result = spec.fn(model, example, None, layer, **method_params)[0]
+            params = dict(method_params)
+            if "label" in inspect.signature(spec.fn).parameters:
+                params.setdefault("label", label)
+            result = spec.fn(model, runner.example_input(), None, layer, **params)[0]
             return Explanation(result.numpy().astype(np.float32), prediction, info)
 
         extras: list[torch.Tensor] = []
