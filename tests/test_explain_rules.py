@@ -280,6 +280,9 @@ def test_unknown_nonlinearities_are_refused_by_name() -> None:
         with pytest.raises(DelineoError, match=rf"'{call}' called in module '0' \(Gate\)"):
             attr.input_gradient(gated, x, target, "guided-backprop")
         assert_pristine(gated)
+        with gradient_rule(gated, "saliency"):  # the plain-gradient rule refuses nothing
+            gated(x)
+        assert_pristine(gated)
 
 
 def hook_dicts(module: nn.Module) -> list[dict]:

@@ -180,7 +180,8 @@ class _RuleMode(TorchFunctionMode):
             self.applied += 1
             return _RuleFunction.apply(args[0], _frozen(op, args, kwargs), self.rule)
         two_tensors = base in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor)
-        if (base in REFUSED or two_tensors) and _requires_grad(args) | _requires_grad(kwargs):
+        if self.rule != "saliency" and (base in REFUSED or two_tensors) and (
+                _requires_grad(args) or _requires_grad(kwargs)):
             raise DelineoError(
                 f"the {self.rule} rule cannot be applied to '{_call_name(func)}' called in {self.where()}: "
                 "its treatment under this rule is undefined (use an activation such as nn.ReLU, or the "
