@@ -73,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anonymise", action="store_true", help="do not write patient/study identifiers")
     _add_common(p)
 
+    p = sub.add_parser("explain", help="explain a model's segmentation of a scan (maps and panels)")
+    p.add_argument("model", type=Path, help="checkpoint (.pt) or run folder")
+    p.add_argument("input", type=Path, nargs="?", help="image file or DICOM folder")
+    p.add_argument("--method", default="guided-backprop",
+                   help="activation, activation-maximisation, saliency, deconvnet, guided-backprop, gradcam, "
+                        "gradcam++, occlusion, integrated-gradients, smoothgrad, channel-contribution")
+    p.add_argument("--target", default="positive-prediction",
+                   help="positive-prediction, true-positive, class, region, mean, max, min")
+    p.add_argument("--layer", default=None, help="layer name (see --list-layers) for activation / Grad-CAM")
+    p.add_argument("--label", type=int, default=None, help="label value to explain (multi-label models)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--reference", type=Path, default=None, help="reference mask (true-positive target, contours)")
+    p.add_argument("--slices", type=int, nargs="*", default=None, help="slices for the PNG panel")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="method parameter, e.g. steps=64")
+    p.add_argument("--sanity", action="store_true", help="model-randomisation sanity check (Adebayo et al. 2018)")
+    p.add_argument("--list-layers", action="store_true", help="list the model's layer names and stop")
+    p.add_argument("--out", type=Path, default=Path("explain_output"), help="output folder (default: explain_output)")
+    _add_common(p)
+
     p = sub.add_parser("series", help="list the DICOM series in a folder")
     p.add_argument("folder", type=Path)
     _add_common(p)
@@ -179,6 +198,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from delineo.explain.run import explain_scan, model_layers, parse_params
+
+    if args.list_layers:
+        print("\n".join(model_layers(args.model)))
+        return 0
+    if args.input is None:
+        raise DelineoError("explain: an INPUT image is required (or use --list-layers).")
+    report = explain_scan(args.model, args.input, args.out, args.method, args.target, args.layer, args.slices,
+                          args.label, args.threshold, args.reference, args.sanity, parse_params(args.param))
+    print(f"map: {report['map']}\npanels: {report['panels']}\nseconds: {report['seconds']:.2f}")
+    if "shares" in report["info"]:
+        print(f"channel shares: {report['info']['shares']}")
+    if "sanity" in report:
+        rep = report["sanity"]
+        print(rep.table())
+        if rep.flagged:
+            print(f"sanity check: the {args.method} map does not depend on the weights; do not trust it.")
+            return 1
+    return 0
+
+
 def cmd_series(args: argparse.Namespace) -> int:
     from delineo.io.dicom import list_series
 
@@ -198,7 +239,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-            "convert": cmd_convert, "series": cmd_series}
+            "convert": cmd_convert, "series": cmd_series, "explain": cmd_explain}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -221,10 +221,14 @@ def test_slices_and_neighbour_stacking() -> None:
     volume = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
     s = stack_neighbours(volume, axis=2, index=0, context=1)
     assert s.shape == (6, 3, 4)
-    torch.testing.assert_close(s[0:2], volume[:, :, :, 0])  # edge replicated
-    torch.testing.assert_close(s[2:4], volume[:, :, :, 0])
-    torch.testing.assert_close(s[4:6], volume[:, :, :, 1])
-    out = slice_by_slice(lambda t: t[2:4] * 2, volume, axis=1, context=1)
+    # channel-major: channel c, offsets -1, 0, +1 (edge replicated) -- the training order
+    torch.testing.assert_close(s[[0, 3]], volume[:, :, :, 0])
+    torch.testing.assert_close(s[[1, 4]], volume[:, :, :, 0])
+    torch.testing.assert_close(s[[2, 5]], volume[:, :, :, 1])
+    from delineo.sampling.patches import slab
+
+    np.testing.assert_array_equal(s.numpy(), slab(volume.numpy(), axis=2, index=0, context=1))
+    out = slice_by_slice(lambda t: t[[1, 4]] * 2, volume, axis=1, context=1)
     torch.testing.assert_close(out, volume * 2)
 
     torch.manual_seed(5)

@@ -263,7 +263,8 @@ def explain_full(model: nn.Module, image: np.ndarray, method: str, target: str =
             extras.append(torch.as_tensor(m, dtype=torch.float32)[None])
             names.append("mask")
 
-        centre = slice(runner.context * image.shape[0], (runner.context + 1) * image.shape[0])
+        k = 2 * runner.context + 1
+        centre = torch.arange(image.shape[0]) * k + runner.context  # channel-major 2.5D stacking
 
         def one_input(x: torch.Tensor, *e: torch.Tensor) -> torch.Tensor:
             aux = dict(zip(names, e))

@@ -7,43 +7,22 @@ less than patch centres and no seams appear. The same :func:`gaussian_importance
 be shared with sliding-window prediction so that maps and predictions are blended alike.
 
 :func:`slice_by_slice` runs a 2D computation on every slice along one axis; for 2.5D models the
-``context`` neighbouring slices on each side are stacked as channels, offset-major
-(``channel = (offset + context) * C + c``), edges replicated. :func:`stack_neighbours` is that
-stacking, to be shared with 2.5D training and prediction.
+``context`` neighbouring slices on each side are stacked as channels, channel-major
+(``channel = c * (2 * context + 1) + offset + context``), edges replicated: the order of
+:func:`delineo.sampling.patches.slab`, used by 2.5D training and prediction.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from delineo.errors import DelineoError
+from delineo.infer.sliding import gaussian_importance, window_starts  # the same windows and weights as predict
 
-
-def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
-    """Separable Gaussian ``(*patch_size)`` centred on the patch, ``sigma = sigma_scale * size``
-    per axis, maximum 1 and strictly positive (so every voxel of a patch has some weight)."""
-    weight = torch.ones(())
-    for size in patch_size:
-        size = int(size)
-        sigma = max(size * sigma_scale, 1e-6)
-        coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-        weight = weight.unsqueeze(-1) * torch.exp(-0.5 * (coords / sigma) ** 2)
-    weight = weight / weight.max()
-    return weight.clamp(min=1e-6).to(torch.float32)
-
-
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Evenly spaced window starts covering ``size`` with windows of ``patch`` overlapping by
-    at least ``overlap`` (a fraction in [0, 1)); the last window ends at the far border."""
-    if patch >= size:
-        return [0]
-    step = max(1, int(patch * (1 - overlap)))
-    n = math.ceil((size - patch) / step) + 1
-    return sorted({round(i * (size - patch) / (n - 1)) for i in range(n)})
+__all__ = ["gaussian_importance", "window_starts", "stitch_patches", "stack_neighbours", "slice_by_slice"]
 
 
 def _patch_tuple(patch_size: int | Sequence[int], n: int) -> tuple[int, ...]:
@@ -96,10 +75,11 @@ def stitch_patches(fn: Callable[..., torch.Tensor], volume: torch.Tensor, patch_
 
 def stack_neighbours(volume: torch.Tensor, axis: int, index: int, context: int = 0) -> torch.Tensor:
     """2D input for slice ``index`` along spatial ``axis`` of ``volume`` (``(C, *S)``):
-    ``(C * (2 * context + 1), *S without axis)``, offset-major, edge slices replicated."""
+    ``(C * (2 * context + 1), *S without axis)``, channel-major, edge slices replicated."""
     n = volume.shape[axis + 1]
-    picks = [min(max(index + d, 0), n - 1) for d in range(-context, context + 1)]
-    return torch.cat([volume.select(axis + 1, i) for i in picks], 0)
+    picks = torch.tensor([min(max(index + d, 0), n - 1) for d in range(-context, context + 1)], device=volume.device)
+    taken = volume.index_select(axis + 1, picks).movedim(axis + 1, 1)  # (C, k, *plane)
+    return taken.reshape((-1,) + tuple(taken.shape[2:]))
 
 
 def slice_by_slice(fn: Callable[..., torch.Tensor], volume: torch.Tensor, axis: int = 2, context: int = 0,

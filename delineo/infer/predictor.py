@@ -144,7 +144,7 @@ class Predictor:
     def predict_preprocessed(self, image: np.ndarray, record: GeometryRecord) -> tuple[np.ndarray, np.ndarray]:
         """(label map, probabilities) on the input grid from a preprocessed case."""
         probs = self.predict_array(image)
-        probs_orig = restore(probs, record)
+        probs_orig = restore(probs, record, probabilities=True)
         return self.labels_from_probs(probs_orig), probs_orig
 
     def predict_images(self, images: list[Image]) -> tuple[Image, Image]:

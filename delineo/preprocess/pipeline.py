@@ -104,13 +104,15 @@ def preprocess(images: list[Image], label: Optional[Image], cfg: PreprocessConfi
     return np.ascontiguousarray(stack, dtype=np.float32), out_label, record
 
 
-def restore(array: np.ndarray, record: GeometryRecord, is_label: bool = False, fill: float = 0.0) -> np.ndarray:
-    """Map ``array`` ((K, *S) probabilities or (*S) labels on the preprocessed grid) back to the
-    input grid: un-crop, resample back, undo the reorientation."""
+def restore(array: np.ndarray, record: GeometryRecord, is_label: bool = False, fill: float = 0.0,
+            probabilities: bool = False) -> np.ndarray:
+    """Map ``array`` ((K, *S) maps or probabilities, or (*S) labels, on the preprocessed grid)
+    back to the input grid: un-crop, resample back, undo the reorientation. Outside the crop the
+    value is ``fill``, except that ``probabilities`` puts probability 1 on background there."""
     channels = array.ndim == 4
     arr = array if channels else array[None]
     full = np.full((arr.shape[0],) + tuple(record.resampled_to), fill, dtype=arr.dtype)
-    if channels and not is_label and fill == 0.0 and arr.shape[0] > 1:
+    if probabilities and channels and arr.shape[0] > 1:
         full[0] = 1.0  # background probability outside the crop
     sl = tuple(slice(a, b) for a, b in record.bbox)
     full[(slice(None),) + sl] = arr
