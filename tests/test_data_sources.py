@@ -99,3 +99,21 @@ def test_test_fraction_and_all_folds():
     assert len(splits["test"]) == 8
     train, val = fold_cases(splits, None)
     assert len(train) == 32 and val == [] and not set(train) & set(splits["test"])
+
+
+def test_csv_with_dicom_series_and_dicom_seg_label(tmp_path):
+    from .conftest import needs_shared
+
+    data = needs_shared() / "ct-liver-seg"
+    series = tmp_path / "series"
+    series.mkdir()
+    for f in ("01.dcm", "02.dcm", "03.dcm"):
+        (series / f).write_bytes((data / f).read_bytes())
+    (tmp_path / "cases.csv").write_text(f"id,patient,ct,label\na,p1,{series},{data / 'liver.dcm'}\nb,p2,{series},{data / 'liver.dcm'}\n")
+    ds = load_dataset(DataConfig(source={"type": "csv", "path": str(tmp_path / "cases.csv"), "channels": ["ct"]}, folds=2))
+    images, label = ds.cases[0].load()
+    from delineo.io import read_image
+
+    expected = read_image(data / "liver_seg.nrrd")
+    assert label.same_grid(images[0])
+    np.testing.assert_array_equal(label.array > 0, expected.array > 0)

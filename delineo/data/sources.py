@@ -45,7 +45,7 @@ class Case:
         if self.loader is not None:
             return self.loader()
         images = [read_image(p) for p in self.images]
-        label = read_image(self.label) if self.label else None
+        label = read_label(self.label, images[0]) if self.label else None
         return images, label
 
     def fingerprint(self) -> str:
@@ -66,6 +66,27 @@ class Dataset:
     labels: dict[int, str]
     channels: list[str]
     name: str = "dataset"
+
+
+def read_label(path: str, reference: Image) -> Image:
+    """A label image: NIfTI/NRRD/... as is, or a DICOM-SEG / RTSTRUCT file mapped onto the grid
+    of ``reference`` (so a dataset can be built straight from a PACS export)."""
+    if str(path).lower().endswith(".dcm"):
+        import pydicom
+
+        from delineo.io.dicom_seg import read_dicom_seg
+        from delineo.io.rtstruct import read_rtstruct
+
+        try:
+            modality = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", "")
+        except Exception as exc:  # pydicom raises several types for non-DICOM files
+            raise InputError(f"{path}: not a readable DICOM file ({type(exc).__name__}).") from None
+        if modality == "SEG":
+            return read_dicom_seg(path, reference)
+        if modality == "RTSTRUCT":
+            return read_rtstruct(path, reference)
+        raise InputError(f"{path}: a DICOM label must be a SEG or RTSTRUCT object, not modality '{modality}'.")
+    return read_image(path)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
