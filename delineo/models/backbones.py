@@ -45,8 +45,9 @@ class _Classifier(nn.Module):
     num_classes: int | None
     feature_channels: list[int]
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - overridden
+        """The five stage outputs (strides 2, 4, 8, 16, 32 before dilation); every backbone defines it."""
+        raise TypeError(f"{type(self).__name__} does not define forward_features")
 
     def _head(self) -> nn.Module:
         return self.fc
