@@ -151,7 +151,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}
+def _add_lr_find_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr and suggest a value")
+    p.add_argument("experiment", type=Path, help="experiment file (YAML or JSON)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set sampling.batch_size=8")
+    p.add_argument("--out", type=Path, default=None, help="plot file (default: runs/<name>/lr_find.png)")
+    p.add_argument("--steps", type=int, default=100, help="mini-batches in the sweep (default 100)")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    p.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
+    p.add_argument("--fold", default="0", help="fold whose training cases are sampled, or 'none' for all")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root folder (default: runs)")
+    p.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder (default: runs/<name>/cache)")
+    _add_common(p)
+    return parser
+
+
+_build_parser_without_lr_find = build_parser
+
+
+def build_parser() -> argparse.ArgumentParser:  # noqa: F811 - the verbs above plus lr-find
+    return _add_lr_find_parser(_build_parser_without_lr_find())
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from delineo.config import load_config
+    from delineo.train.lr_find import lr_find_experiment
+
+    cfg = load_config(args.experiment, args.overrides)
+    fold_arg = str(args.fold).lower()
+    try:
+        fold = None if fold_arg == "none" else int(fold_arg)
+    except ValueError:
+        raise DelineoError(f"--fold {args.fold}: expected a number or 'none'.") from None
+    if args.steps < 2 or not 0 < args.start < args.end:
+        raise DelineoError("lr-find needs --steps >= 2 and 0 < --start < --end.")
+    out = args.out or args.runs / cfg.name / "lr_find.png"
+    lrs, _, suggestion = lr_find_experiment(cfg, args.runs, fold, args.cache, args.steps, args.start, args.end,
+                                            str(out))
+    if suggestion is None:
+        print(f"{out}: no suggestion, the loss diverged after {len(lrs)} step(s); lower --start or --end.")
+        return 1
+    print(f"{out}: suggested learning rate {suggestion:.3g} (train.optimizer.lr)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+            "lr-find": cmd_lr_find}
 
 if __name__ == "__main__":
     sys.exit(main())
