@@ -19,14 +19,16 @@ from delineo.errors import DelineoError, InputError
 log = logging.getLogger("delineo")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # on a verb, SUPPRESS keeps `delineo -q VERB` quiet (the verb's default would overwrite it)
+    default = False if top else argparse.SUPPRESS
+    p.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors, no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="delineo", description="Deep-learning auto-delineation of medical images.")
-    _add_common(parser)
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("demo", help="train, evaluate and predict on the embedded sample data")
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("series", help="list the DICOM series in a folder")
     p.add_argument("folder", type=Path)
     _add_common(p)
+    _add_lr_find_parser(sub)
     return parser
 
 
@@ -143,7 +146,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             from delineo.evaluate.run import evaluate_run
 
             summary = evaluate_run(run_dir, progress=not args.quiet)
-            print(f"{run_dir}: mean Dice {summary['mean_dice']:.4f}; report {run_dir / 'report.html'}")
+            if cfg.train.task == "classification":
+                print(f"{run_dir}: validation F1 {summary.get('f1', float('nan')):.4f}, balanced accuracy "
+                      f"{summary.get('balanced_accuracy', float('nan')):.4f}; metrics {run_dir / 'metrics'}")
+            else:
+                print(f"{run_dir}: mean Dice {summary['mean_dice']:.4f}; report {run_dir / 'report.html'}")
         elif _is_main_process():
             print(f"{run_dir}: model {run_dir / 'checkpoints' / 'best.pt'}")
     return 0
@@ -238,8 +245,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_lr_find_parser(sub) -> None:
+    p = sub.add_parser("lr-find", help="learning-rate range test: plot loss against lr and suggest a value")
+    p.add_argument("experiment", type=Path, help="experiment file (YAML or JSON)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set sampling.batch_size=8")
+    p.add_argument("--out", type=Path, default=None, help="plot file (default: runs/<name>/lr_find.png)")
+    p.add_argument("--steps", type=int, default=100, help="mini-batches in the sweep (default 100)")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default 1e-7)")
+    p.add_argument("--end", type=float, default=1.0, help="last learning rate (default 1)")
+    p.add_argument("--fold", default="0", help="fold whose training cases are sampled, or 'none' for all")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root folder (default: runs)")
+    p.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder (default: runs/<name>/cache)")
+    _add_common(p)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from delineo.config import load_config
+    from delineo.train.lr_find import lr_find_experiment
+
+    cfg = load_config(args.experiment, args.overrides)
+    fold_arg = str(args.fold).lower()
+    try:
+        fold = None if fold_arg == "none" else int(fold_arg)
+    except ValueError:
+        raise DelineoError(f"--fold {args.fold}: expected a number or 'none'.") from None
+    if args.steps < 2 or not 0 < args.start < args.end:
+        raise DelineoError("lr-find needs --steps >= 2 and 0 < --start < --end.")
+    out = args.out or args.runs / cfg.name / "lr_find.png"
+    lrs, _, suggestion = lr_find_experiment(cfg, args.runs, fold, args.cache, args.steps, args.start, args.end,
+                                            str(out))
+    if suggestion is None:
+        print(f"{out}: no suggestion, the loss diverged after {len(lrs)} step(s); lower --start or --end.")
+        return 1
+    print(f"{out}: suggested learning rate {suggestion:.3g} (train.optimizer.lr)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-            "convert": cmd_convert, "series": cmd_series, "explain": cmd_explain}
+            "convert": cmd_convert, "series": cmd_series, "explain": cmd_explain, "lr-find": cmd_lr_find}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -150,6 +150,7 @@ class SamplingConfig(Strict):
     axis: int = Field(2, ge=0, le=2, description="slice axis for 2D and 2.5D")
     context: int = Field(1, ge=0, description="2.5D: neighbours on each side (k = 2*context + 1)")
     foreground_fraction: float = Field(0.33, ge=0.0, le=1.0)
+    positive_only: bool = Field(False, description="only samples centred on foreground (cases without any are skipped)")
     batch_size: int = Field(4, ge=1)
 
     @model_validator(mode="after")
@@ -162,6 +163,8 @@ class SamplingConfig(Strict):
 
 
 class TrainConfig(Strict):
+    task: Literal["segmentation", "classification"] = Field(
+        "segmentation", description="classification: (B, K) logits trained on label presence per sample; best by F1")
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4})
     schedule: Optional[dict[str, Any]] = Field(default_factory=lambda: {"name": "poly"})
     epochs: int = Field(50, ge=1)

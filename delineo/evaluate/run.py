@@ -31,6 +31,10 @@ def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool 
     if not cfg_path.is_file() or not cases_path.is_file():
         raise InputError(f"{run_dir}: not a Delineo run folder (config.yaml and cases.json are required).")
     cfg = load_config(cfg_path)
+    if cfg.train.task == "classification":
+        from delineo.train.classify import evaluate_classifier_run
+
+        return evaluate_classifier_run(run_dir, predictions)
     val_ids = json.loads(cases_path.read_text())["val"]
     pred_dir = run_dir / "predictions" / predictions
     if not val_ids:

@@ -92,6 +92,9 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, cfg: ExperimentConfig, meta: ModelMeta,
                  device: torch.device | str = "cpu", tta: Optional[bool] = None) -> None:
+        if cfg.train.task == "classification":
+            raise InputError(f"{cfg.name}: this model is a classifier (train.task: classification); it labels "
+                             "slices, it does not segment them.")
         self.cfg, self.meta = cfg, meta
         fmt = torch.contiguous_format
         if cfg.train.channels_last:

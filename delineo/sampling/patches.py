@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from delineo.data.cache import CachedCase
+from delineo.errors import ConfigError
 
 
 def round_up(n: int, divisor: int) -> int:
@@ -59,13 +60,20 @@ class PatchSampler:
     """Draws training batches (x: (B, C', *P) float32, y: (B, 1, *P) uint8)."""
 
     def __init__(self, cases: list[CachedCase], mode: str, patch_size: Sequence[int], axis: int = 2,
-                 context: int = 1, foreground_fraction: float = 0.33) -> None:
+                 context: int = 1, foreground_fraction: float = 0.33, positive_only: bool = False) -> None:
         if not cases:
             raise ValueError("no cases to sample from")
+        if positive_only:
+            # every sample is centred on a foreground voxel, so its mask is never empty
+            cases = [c for c in cases if any(len(v) for v in c.fg_coords.values())]
+            if not cases:
+                raise ConfigError("sampling.positive_only: no training case has any foreground.")
+            foreground_fraction = 1.0
         self.cases, self.mode = cases, mode
         self.patch = list(patch_size)
         self.axis, self.context = axis, context if mode == "2.5d" else 0
         self.fg_fraction = foreground_fraction
+        self.positive_only = positive_only
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
@@ -78,7 +86,7 @@ class PatchSampler:
 
     def _centre(self, case: CachedCase, rng: np.random.Generator) -> np.ndarray:
         shape = case.image.shape[1:]
-        if case.fg_coords and rng.random() < self.fg_fraction:
+        if case.fg_coords and (self.positive_only or rng.random() < self.fg_fraction):
             labels = sorted(case.fg_coords)
             coords = case.fg_coords[labels[int(rng.integers(len(labels)))]]
             if len(coords):

@@ -38,6 +38,7 @@ from delineo.io.image import Image
 from delineo.infer.predictor import ModelMeta, Predictor, build_model, pick_device
 from delineo.losses import deep_supervised
 from delineo.registry import LOSSES, OPTIMIZERS, SCHEDULES
+from delineo.train.classify import MONITOR, class_targets, validate_classifier
 from delineo.train.optim import set_momentum
 from delineo.sampling.patches import PatchSampler, default_patch_size
 
@@ -141,7 +142,9 @@ class Trainer:
         dims = 3 if s.mode == "3d" else 2
         n_ch = len(self.dataset.channels)
         in_ch = n_ch * (2 * s.context + 1 if s.mode == "2.5d" else 1)
-        out_ch = int(cfg.model.get("out_channels", len(self.dataset.labels) + 1))
+        self.classify = cfg.train.task == "classification"
+        out_ch = int(cfg.model.get("out_channels") or cfg.model.get("num_classes")
+                     or (1 if self.classify else len(self.dataset.labels) + 1))
         torch.manual_seed(cfg.train.seed)
         meta = ModelMeta(in_ch, out_ch, dims, s.mode, [], s.axis, s.context if s.mode == "2.5d" else 0,
                          dict(self.dataset.labels), list(self.dataset.channels))
@@ -152,7 +155,8 @@ class Trainer:
         shapes = [c.image.shape[1:] for c in self.train_data]
         meta.patch_size = list(s.patch_size) if s.patch_size else default_patch_size(shapes, s.mode, s.axis, meta.divisor)
         self.meta = meta
-        self.sampler = PatchSampler(self.train_data, s.mode, meta.patch_size, s.axis, s.context, s.foreground_fraction)
+        self.sampler = PatchSampler(self.train_data, s.mode, meta.patch_size, s.axis, s.context, s.foreground_fraction,
+                                    s.positive_only)
         self.augmenter = Augmenter(cfg.augment, dims)
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=out_ch)
         self.optimizer = OPTIMIZERS.build(cfg.train.optimizer, "train.optimizer", params=self.model.parameters())
@@ -240,10 +244,7 @@ class Trainer:
                    disable=not self.show)
         for _ in bar:
             t0 = time.perf_counter()
-            x, y = self.sampler.sample(cfg.sampling.batch_size, rng)
-            xt, yt = self.augmenter(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), gen)
-            xt = xt.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yt = yt.to(self.device, non_blocking=True)
+            xt, yt = self.batch(rng, gen)
             t1 = time.perf_counter()
             with torch.autocast(self.device.type, enabled=self.amp):
                 out = self.net(xt)
@@ -266,9 +267,20 @@ class Trainer:
         return {"train_loss": float(np.mean(losses)), "lr": self.optimizer.param_groups[0]["lr"],
                 "data_seconds": t_data, "net_seconds": t_net}
 
+    def batch(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmented training batch on the device; classifiers get one class per sample."""
+        x, y = self.sampler.sample(self.cfg.sampling.batch_size, rng)
+        xt, yt = self.augmenter(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), gen)
+        if self.classify:
+            yt = class_targets(yt, self.meta.out_channels)
+        xt = xt.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return xt, yt.to(self.device, non_blocking=True)
+
     # -------------------------------------------------------------- validate
     def validate(self, save_dirs: list[Path]) -> dict[str, float]:
         """Predict every validation case whole, as ``predict`` does, and score it per patient."""
+        if self.classify:
+            return validate_classifier(self, save_dirs)
         predictor = Predictor(self.model, self.cfg, self.meta, self.device, tta=False)
         per_label: dict[str, list[float]] = {name: [] for name in self.meta.labels.values()}
         case_means = []
@@ -316,9 +328,10 @@ class Trainer:
                 dirs = [tmp_dir] + ([self.run_dir / "predictions" / f"epoch_{st.epoch:04d}"] if is_snapshot else [])
                 metrics = self.validate(dirs)
                 row.update(metrics)
-                self.schedule.observe(metrics["val_dice"])
-                if metrics["val_dice"] > st.best_metric:
-                    st.best_metric, st.best_epoch, st.bad_validations = metrics["val_dice"], st.epoch, 0
+                score = metrics[MONITOR if self.classify else "val_dice"]
+                self.schedule.observe(score)
+                if score > st.best_metric:
+                    st.best_metric, st.best_epoch, st.bad_validations = score, st.epoch, 0
                     self._promote(tmp_dir, self.run_dir / "predictions" / "best")
                     row["best"] = 1
                 else:
@@ -342,8 +355,9 @@ class Trainer:
                 self._write_log()
             bar.update(1)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", dice=f"{row.get('val_dice', float('nan')):.3f}")
-            log.info("epoch %d: loss %.4f%s lr %.2e %.1fs", row["epoch"], row["train_loss"],
-                     f" val dice {row['val_dice']:.4f}" if "val_dice" in row else "", row["lr"], row["seconds"])
+            log.info("epoch %d: loss %.4f%s%s lr %.2e %.1fs", row["epoch"], row["train_loss"],
+                     f" val dice {row['val_dice']:.4f}" if "val_dice" in row else "",
+                     f" val F1 {row[MONITOR]:.4f}" if MONITOR in row else "", row["lr"], row["seconds"])
             if stop:
                 break
         bar.close()

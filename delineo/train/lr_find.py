@@ -103,3 +103,40 @@ def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float | None
         ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
+
+
+def lr_find_experiment(cfg, runs_root: str = "runs", fold: int | None = 0, cache_root: str | None = None,
+                       steps: int = 100, start: float = 1e-7, end: float = 1.0,
+                       out_png: str | None = None) -> tuple[list[float], list[float], float | None]:
+    """Range test of an experiment: its network, loss and optimiser on augmented batches from its
+    training sampler (the fold's training cases). Nothing is written to the run folders except the
+    shared preprocessing cache (``runs_root/<name>/cache`` unless ``cache_root``); the plot goes to
+    ``out_png`` when given. Returns ``(lrs, smoothed_losses, suggestion)``."""
+    import tempfile
+    from pathlib import Path
+
+    from delineo.losses import deep_supervised
+    from delineo.train.loop import Trainer, _seed_for
+
+    cache = Path(cache_root) if cache_root else Path(runs_root) / cfg.name / "cache"
+    with tempfile.TemporaryDirectory(prefix="delineo-lr-find-") as tmp:
+        trainer = Trainer(cfg, Path(tmp), fold, cache_root=cache, progress=False)
+        trainer.setup()
+        seed = _seed_for(cfg.train.seed, 0, 0)
+
+        class Batches:
+            def __iter__(self):
+                rng = np.random.default_rng(seed)
+                gen = torch.Generator().manual_seed(seed)
+                for _ in range(steps):
+                    yield trainer.batch(rng, gen)
+
+        def loss_fn(out, target):
+            return deep_supervised(trainer.loss_fn, out, target)
+
+        lrs, losses, suggestion = lr_find(trainer.model, loss_fn, Batches(), start, end, steps,
+                                          optimizer=trainer.optimizer, skip_start=min(10, steps // 5))
+    if out_png:
+        Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+        plot_lr_find(lrs, losses, suggestion, str(out_png))
+    return lrs, losses, suggestion
