@@ -148,3 +148,28 @@ def test_torchrun_two_cpu_processes(tmp_path: Path):
     assert len((run / "log.csv").read_text().splitlines()) == 3
     assert load_checkpoint(run)["state"]["epoch"] == 2
     assert res.stdout.count("mean Dice") == 1  # only rank 0 reports and writes
+
+
+def test_two_channel_model_predicts_a_folder_of_channel_files(tmp_path: Path):
+    data = write_msd(tmp_path / "data", n=6)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["modality"] = {"0": "CT", "1": "PET"}
+    (data / "dataset.json").write_text(json.dumps(meta))
+    for f in sorted((data / "imagesTr").glob("*_0000.nii.gz")):
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * -1.0, img.affine), str(f).replace("_0000", "_0001"))
+    run = train(config_from_dict(phantom_experiment(data, epochs=1, iterations_per_epoch=2)), tmp_path / "runs", 0,
+                progress=False)
+    new = tmp_path / "new"
+    new.mkdir()
+    for c in range(2):
+        src = data / "imagesTr" / f"ph_000_{c:04d}.nii.gz"
+        (new / f"pat_{c:04d}.nii.gz").write_bytes(src.read_bytes())
+    written = predict_paths(run, new, tmp_path / "out", progress=False)
+    assert [p.name for p in written] == ["pat.nii.gz"]
+    assert read_image(written[0]).array.shape == (24, 28, 20)
+    (new / "pat_0001.nii.gz").unlink()
+    from delineo.errors import InputError
+
+    with pytest.raises(InputError, match="lacks channel file"):
+        predict_paths(run, new, tmp_path / "out2", progress=False)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +32,26 @@ class Job:
     name: str
     source: Path
     image: Optional[Image] = None
+    channels: list[Path] = field(default_factory=list)  # multi-channel case: _0000, _0001, ... files
+    images: list[Image] = field(default_factory=list)
+
+
+def group_channels(jobs: list[Job], n_channels: int) -> list[Job]:
+    """Join nnU-Net style channel files (``case_0000``, ``case_0001``, ...) into one job per case."""
+    pattern = re.compile(r"^(.*)_(\d{4})$")
+    cases: dict[str, dict[int, Path]] = {}
+    for job in jobs:
+        m = pattern.match(job.name)
+        if not m:
+            raise InputError(f"{job.source}: the model needs {n_channels} channels; name files case_0000, case_0001, ....")
+        cases.setdefault(m.group(1), {})[int(m.group(2))] = job.source
+    out = []
+    for name, files in sorted(cases.items()):
+        missing = [f"{name}_{c:04d}" for c in range(n_channels) if c not in files]
+        if missing:
+            raise InputError(f"{files[min(files)].parent}: case {name} lacks channel file(s) {', '.join(missing)}.")
+        out.append(Job(name, files[0], channels=[files[c] for c in range(n_channels)]))
+    return out
 
 
 def _jobs(path: Path, series: Optional[str]) -> list[Job]:
@@ -84,10 +105,15 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
         raise InputError(f"{output}: a folder input needs an output folder, not a file name.")
     n_ch = len(predictor.meta.channels)
     if n_ch > 1:
-        raise InputError(f"{model}: this model needs {n_ch} channels ({', '.join(predictor.meta.channels)}); "
-                         "predict it with the Python API (Predictor.predict_images).")
+        jobs = group_channels(jobs, n_ch)
+        single = len(jobs) == 1 and input_path.is_file()
     for job in jobs:  # read and check every input before writing anything
-        job.image = _read(job, series)
+        if job.channels:
+            job.images = [read_image(p) for p in job.channels]
+            job.image = job.images[0]
+        else:
+            job.image = _read(job, series)
+            job.images = [job.image]
         if fmt in ("dicom-seg", "rtstruct", "overlay") and not job.source.is_dir():
             raise InputError(f"{job.source}: format {fmt} needs a DICOM series as input, not a {image_suffix(job.source)} file.")
     if anonymise and fmt in ("dicom-seg", "rtstruct", "overlay"):
@@ -96,7 +122,7 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
     written = []
     for job in tqdm(jobs, desc="predict", unit="case", disable=not progress or single):
         t0 = time.perf_counter()
-        mask, probs = predictor.predict_images([job.image])
+        mask, probs = predictor.predict_images(job.images)
         out = output_path(job, output, single, fmt if fmt or job.source.is_dir() else None)
         if fmt is None and not job.source.is_dir():
             write_image(mask, out)  # same format as the input file
