@@ -55,7 +55,7 @@ def explain_scan(model_path: Path, input_path: Path, out_dir: Path, method: str,
     pred = restore(result.prediction.astype(np.uint8), record, is_label=True)
     nifti = save_map_nifti(full, image, out_dir / f"{stem}.nii.gz")
     png = save_panels(out_dir / f"{stem}.png", np.asarray(image.array, dtype=np.float32), full, pred,
-                      None if ref_img is None else np.asarray(ref_img.array) > 0, slices=slices, axis=meta.axis
+                      None if ref_img is None else _reference_mask(np.asarray(ref_img.array), label), slices=slices, axis=meta.axis
                       if meta.mode != "3d" else 2, title=f"{method}: {name}")
     report: dict[str, Any] = {"map": str(nifti), "panels": str(png), "seconds": seconds, "info": result.info}
     if run_sanity:
@@ -63,6 +63,11 @@ def explain_scan(model_path: Path, input_path: Path, out_dir: Path, method: str,
         report["sanity"] = rep
     log.info("%s: %s in %.2f s -> %s, %s", name, method, seconds, nifti, png)
     return report
+
+
+def _reference_mask(ref: np.ndarray, label: Optional[int]) -> np.ndarray:
+    """The reference of the explained label (all foreground when no label is chosen)."""
+    return ref == label if label is not None else ref > 0
 
 
 def _save_pattern(pattern: np.ndarray, record, out_dir: Path, stem: str, seconds: float, info: dict) -> dict[str, Any]:
