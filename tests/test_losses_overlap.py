@@ -149,3 +149,29 @@ def test_gradients_flow():
         logits.grad = None
         build(name)(logits, target).backward()
         assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0, name
+
+
+EMPTY_CASES = {
+    # name: (spec, loss when both empty, loss when the reference is empty and 2 of 16 pixels are predicted)
+    "dice": ({"name": "dice", "smooth": 1.0, "include_background": True}, 0.0, 1 - 1 / (2 + 1)),
+    "jaccard": ({"name": "jaccard", "smooth": 1.0}, 0.0, 1 - 1 / (2 + 1)),
+    "tversky": ({"name": "tversky", "fn_weight": 0.7, "fp_weight": 0.3, "smooth": 2}, 0.0, 1 - 2 / (0.3 * 2 + 2)),
+    "focal_tversky": ({"name": "focal_tversky", "fn_weight": 0.85, "fp_weight": 0.15, "gamma": 4 / 3, "smooth": 2},
+                      0.0, (1 - 2 / (0.15 * 2 + 2)) ** (4 / 3)),
+    "bce": ({"name": "bce"}, 0.0, 2 * BIG / 16),
+    "mse": ({"name": "mse"}, 0.0, 2 / 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_CASES))
+def test_empty_reference_and_prediction(name):
+    """Worked by hand: with probabilities exactly 0/1, an empty reference and an empty
+    prediction cost nothing; two false-positive pixels on an empty reference cost the value
+    listed (TP = FN = 0, FP = 2, smoothing s)."""
+    spec, both_empty, two_fp = EMPTY_CASES[name]
+    target = torch.zeros(1, 1, 4, 4)
+    empty = torch.full((1, 1, 4, 4), -BIG)
+    assert build(spec)(empty, target).item() == pytest.approx(both_empty, abs=1e-6)
+    logits = empty.clone()
+    logits[0, 0, 0, :2] = BIG
+    assert build(spec)(logits, target).item() == pytest.approx(two_fp, rel=1e-5)
