@@ -314,7 +314,12 @@ class Trainer:
         self.setup()
         cfg, st, d = self.cfg, self.state, self.dist
         tc = cfg.train
-        bar = tqdm(total=tc.epochs, initial=st.epoch, desc="train", unit="epoch", disable=not self.show)
+        # under a time budget the bar counts minutes, so its ETA is the real one
+        timed = bool(tc.max_minutes)
+        bar = tqdm(total=tc.max_minutes if timed else tc.epochs,
+                   initial=min(st.elapsed / 60, tc.max_minutes) if timed else st.epoch, desc="train",
+                   unit="min" if timed else "epoch", disable=not self.show,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}{postfix}]" if timed else None)
         while st.epoch < tc.epochs:
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": st.epoch}
@@ -353,7 +358,8 @@ class Trainer:
                     self._save(self.run_dir / "checkpoints" / "best.pt", ckpt)
                 self._save(self.run_dir / "checkpoints" / "last.pt", ckpt)
                 self._write_log()
-            bar.update(1)
+            over = timed and st.elapsed >= tc.max_minutes * 60
+            bar.update((bar.total - bar.n if over else min(row["seconds"] / 60, bar.total - bar.n)) if timed else 1)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", dice=f"{row.get('val_dice', float('nan')):.3f}")
             log.info("epoch %d: loss %.4f%s%s lr %.2e %.1fs", row["epoch"], row["train_loss"],
                      f" val dice {row['val_dice']:.4f}" if "val_dice" in row else "",
