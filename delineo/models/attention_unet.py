@@ -10,143 +10,31 @@ Registered as
   hyperintensities): filters 32-64-128-256 + 512 bottleneck, conv -> batch norm -> ReLU,
   2x2 transposed convolutions, 1x1 head; 7,763,041 parameters with 3 input channels.
 
-With ``attention=False, pyramid=False`` the layer set equals :class:`delineo.models.unet.UNet`'s.
-Every activation is its own module instance (the explain stage hooks them one by one).
+All are presets of :class:`delineo.models.unet.UNet`, the one U-Net implementation.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from delineo.models.layers import ConvBlock, conv_nd, conv_transpose_nd, match_size, max_pool_nd
+from delineo.models.layers import AttentionGate  # noqa: F401  (re-exported: it lived here first)
+from delineo.models.unet import UNet
 from delineo.registry import MODELS
 
 
-class AttentionGate(nn.Module):
-    """Additive attention gate (Oktay et al. 2018).
-
-    ``theta`` (2x2 stride-2 conv) brings the skip to the coarser grid, ``phi`` (1x1 conv) maps
-    the gating signal from the coarser level; their sum goes through ReLU, a 1x1 ``psi`` to one
-    channel and a sigmoid. The coefficients, resampled (bilinear/trilinear) to the skip's size,
-    lie in [0, 1] and multiply the skip.
-    """
-
-    def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int, dims: int) -> None:
-        super().__init__()
-        conv = conv_nd(dims)
-        self.dims = dims
-        self.theta = conv(skip_channels, inter_channels, 2, stride=2, bias=False)
-        self.phi = conv(gate_channels, inter_channels, 1, bias=True)
-        self.act = nn.ReLU()
-        self.psi = conv(inter_channels, 1, 1, bias=True)
-        self.sigmoid = nn.Sigmoid()
-
-    def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        theta = self.theta(skip)
-        phi = self.phi(gate)
-        if phi.shape[2:] != theta.shape[2:]:
-            phi = F.interpolate(phi, size=theta.shape[2:], mode="nearest")
-        alpha = self.sigmoid(self.psi(self.act(theta + phi)))
-        mode = "bilinear" if self.dims == 2 else "trilinear"
-        alpha = F.interpolate(alpha, size=skip.shape[2:], mode=mode, align_corners=False)
-        return skip * alpha, alpha
-
-
 @MODELS.register("attention_unet")
-class AttentionUNet(nn.Module):
-    """Configurable U-Net: attention gates, pyramid input, norm, activation, residual units,
-    dropout and deep supervision; outputs logits ``(B, out_channels, *spatial)``.
+def attention_unet(in_channels: int = 1, out_channels: int = 2, dims: int = 3,
+                   filters: Sequence[int] = (16, 32, 64, 128, 256), norm: str = "instance",
+                   act: str = "leakyrelu", groups: int = 8, residual: bool = False, dropout: float = 0.0,
+                   deep_supervision: bool = False, deep_supervision_levels: int = 2,
+                   upsample: str = "transpose", block_order: str = "norm-act",
+                   attention: bool = True, pyramid: bool = False) -> UNet:
+    """U-Net with attention gates on every skip (coefficients in ``model.attention_maps``)."""
+    return UNet(in_channels, out_channels, dims, filters, norm, act, groups, residual, dropout,
+                deep_supervision, deep_supervision_levels, upsample, block_order, attention, pyramid)
 
-    * ``attention``: gate every skip with the coarser level's features; after each forward the
-      coefficients are in ``self.attention_maps`` (finest level first, each ``(B, 1, *skip)``,
-      detached) for display.
-    * ``pyramid``: the input max-pooled to each encoder level is concatenated with that level's
-      pooled features.
-    * ``norm``: batch / instance / group (``groups`` per layer) / none; ``act``: relu /
-      leakyrelu / prelu / elu / mish.
-    * ``deep_supervision``: 1x1 heads on up to ``deep_supervision_levels`` coarser decoder levels;
-      in training ``forward`` returns a list (finest first), in eval one tensor.
-    """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 2, dims: int = 3,
-                 filters: Sequence[int] = (16, 32, 64, 128, 256), norm: str = "instance",
-                 act: str = "leakyrelu", groups: int = 8, residual: bool = False,
-                 dropout: float = 0.0, deep_supervision: bool = False, deep_supervision_levels: int = 2,
-                 upsample: str = "transpose", block_order: str = "norm-act",
-                 attention: bool = True, pyramid: bool = False) -> None:
-        super().__init__()
-        if dims not in (2, 3):
-            raise ValueError(f"dims must be 2 or 3, got {dims}")
-        if len(filters) < 2:
-            raise ValueError("filters needs at least two levels")
-        if upsample not in ("transpose", "interpolate"):
-            raise ValueError("upsample must be 'transpose' or 'interpolate'")
-        filters = [int(f) for f in filters]
-        self.dims, self.in_channels, self.out_channels = dims, in_channels, out_channels
-        self.deep_supervision, self.attention, self.pyramid = deep_supervision, attention, pyramid
-        self.attention_maps: list[torch.Tensor] = []
-        block = dict(dims=dims, norm=norm, act=act, groups=groups, residual=residual,
-                     dropout=dropout, order=block_order)
-        self.encoders = nn.ModuleList()
-        cin = in_channels
-        for i, f in enumerate(filters):
-            extra = in_channels if (pyramid and i > 0) else 0
-            self.encoders.append(ConvBlock(cin + extra, f, **block))
-            cin = f
-        self.pool = max_pool_nd(dims)(2)
-        self.input_pool = max_pool_nd(dims)(2) if pyramid else None
-        self.ups = nn.ModuleList()
-        self.gates = nn.ModuleList() if attention else None
-        self.decoders = nn.ModuleList()
-        for f_coarse, f_skip in zip(reversed(filters[1:]), reversed(filters[:-1])):
-            if upsample == "transpose":
-                self.ups.append(conv_transpose_nd(dims)(f_coarse, f_skip, 2, stride=2))
-            else:
-                self.ups.append(nn.Sequential(
-                    nn.Upsample(scale_factor=2, mode="bilinear" if dims == 2 else "trilinear", align_corners=False),
-                    conv_nd(dims)(f_coarse, f_skip, 1)))
-            if attention:
-                self.gates.append(AttentionGate(f_skip, f_coarse, max(1, f_skip // 2), dims))
-            self.decoders.append(ConvBlock(2 * f_skip, f_skip, **block))
-        self.head = conv_nd(dims)(filters[0], out_channels, 1)
-        n_aux = min(deep_supervision_levels, len(filters) - 2) if deep_supervision else 0
-        self.aux_heads = nn.ModuleList(conv_nd(dims)(filters[i + 1], out_channels, 1) for i in range(n_aux))
-
-    @property
-    def divisor(self) -> int:
-        """Input sizes divisible by this need no internal padding."""
-        return 2 ** (len(self.encoders) - 1)
-
-    def forward(self, x: torch.Tensor):
-        skips = []
-        scaled = x
-        h = x
-        for i, enc in enumerate(self.encoders):
-            if i > 0:
-                h = self.pool(h)
-                if self.pyramid:
-                    scaled = self.input_pool(scaled)
-                    h = torch.cat([h, scaled], dim=1)
-            h = enc(h)
-            skips.append(h)
-        h = skips.pop()
-        decoded, maps = [], []
-        for j, (up, dec) in enumerate(zip(self.ups, self.decoders)):
-            skip = skips.pop()
-            if self.gates is not None:
-                skip, alpha = self.gates[j](skip, h)
-                maps.append(alpha.detach())
-            h = dec(torch.cat([skip, match_size(up(h), skip)], dim=1))
-            decoded.append(h)
-        self.attention_maps = maps[::-1]
-        out = self.head(h)
-        if self.deep_supervision and self.training:
-            return [out] + [head(decoded[-2 - i]) for i, head in enumerate(self.aux_heads)]
-        return out
+AttentionUNet = attention_unet  # the name under which earlier code and tests build it
 
 
 @MODELS.register("pyramid_unet")
@@ -155,10 +43,10 @@ def pyramid_unet(in_channels: int = 1, out_channels: int = 2, dims: int = 3,
                  act: str = "leakyrelu", groups: int = 8, residual: bool = False, dropout: float = 0.0,
                  deep_supervision: bool = False, deep_supervision_levels: int = 2,
                  upsample: str = "transpose", block_order: str = "norm-act",
-                 attention: bool = False, pyramid: bool = True) -> AttentionUNet:
+                 attention: bool = False, pyramid: bool = True) -> UNet:
     """U-Net with multi-scale (pyramid) input; same options as ``attention_unet``."""
-    return AttentionUNet(in_channels, out_channels, dims, filters, norm, act, groups, residual, dropout,
-                         deep_supervision, deep_supervision_levels, upsample, block_order, attention, pyramid)
+    return UNet(in_channels, out_channels, dims, filters, norm, act, groups, residual, dropout,
+                deep_supervision, deep_supervision_levels, upsample, block_order, attention, pyramid)
 
 
 @MODELS.register("unet256")
@@ -166,10 +54,10 @@ def unet256(in_channels: int = 3, out_channels: int = 1, dims: int = 2,
             filters: Sequence[int] = (32, 64, 128, 256, 512), norm: str = "batch", act: str = "relu",
             groups: int = 8, residual: bool = False, dropout: float = 0.0, deep_supervision: bool = False,
             deep_supervision_levels: int = 2, upsample: str = "transpose", block_order: str = "norm-act",
-            attention: bool = False, pyramid: bool = False) -> AttentionUNet:
+            attention: bool = False, pyramid: bool = False) -> UNet:
     """Buda et al. 2019 U-Net (WMH set-up): 32-64-128-256 + 512, BN, ReLU, transposed convs.
 
     Attention gates and pyramid input can be switched on (then the count is no longer Buda's).
     """
-    return AttentionUNet(in_channels, out_channels, dims, filters, norm, act, groups, residual, dropout,
-                         deep_supervision, deep_supervision_levels, upsample, block_order, attention, pyramid)
+    return UNet(in_channels, out_channels, dims, filters, norm, act, groups, residual, dropout,
+                deep_supervision, deep_supervision_levels, upsample, block_order, attention, pyramid)

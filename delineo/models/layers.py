@@ -99,3 +99,33 @@ def match_size(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         diff = rs - xs
         pads += [diff // 2, diff - diff // 2]
     return F.pad(x, pads)
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate (Oktay et al. 2018).
+
+    ``theta`` (2x2 stride-2 conv) brings the skip to the coarser grid, ``phi`` (1x1 conv) maps
+    the gating signal from the coarser level; their sum goes through ReLU, a 1x1 ``psi`` to one
+    channel and a sigmoid. The coefficients, resampled (bilinear/trilinear) to the skip's size,
+    lie in [0, 1] and multiply the skip.
+    """
+
+    def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int, dims: int) -> None:
+        super().__init__()
+        conv = conv_nd(dims)
+        self.dims = dims
+        self.theta = conv(skip_channels, inter_channels, 2, stride=2, bias=False)
+        self.phi = conv(gate_channels, inter_channels, 1, bias=True)
+        self.act = nn.ReLU()
+        self.psi = conv(inter_channels, 1, 1, bias=True)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        theta = self.theta(skip)
+        phi = self.phi(gate)
+        if phi.shape[2:] != theta.shape[2:]:
+            phi = F.interpolate(phi, size=theta.shape[2:], mode="nearest")
+        alpha = self.sigmoid(self.psi(self.act(theta + phi)))
+        mode = "bilinear" if self.dims == 2 else "trilinear"
+        alpha = F.interpolate(alpha, size=skip.shape[2:], mode=mode, align_corners=False)
+        return skip * alpha, alpha
