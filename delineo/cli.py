@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     _add_common(p)
 
+    p = sub.add_parser("plan", help="fingerprint a dataset and write a starting experiment file")
+    p.add_argument("dataset", type=Path, help="MSD/nnU-Net folder, CSV case list or deoxys HDF5 file")
+    p.add_argument("--type", choices=["msd", "csv", "hdf5"], default=None, help="source type (default: from the path)")
+    p.add_argument("--out", type=Path, default=None, help="experiment file to write (default: <dataset name>.yaml)")
+    p.add_argument("--name", default=None, help="experiment name (default: the dataset folder name)")
+    _add_common(p)
+
     p = sub.add_parser("train", help="train an experiment (one fold, or all folds)")
     p.add_argument("experiment", type=Path, help="experiment file (YAML or JSON)")
     p.add_argument("--fold", default="0", help="fold number, 'all' for every fold, 'none' for all data without validation")
@@ -122,6 +129,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"delineo {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from delineo.config import DataConfig
+    from delineo.data.plan import plan_dataset
+
+    kind = args.type or ("csv" if args.dataset.suffix.lower() == ".csv" else
+                         "hdf5" if args.dataset.suffix.lower() in (".h5", ".hdf5") else "msd")
+    data = DataConfig(source={"type": kind, "path": str(args.dataset.resolve())})
+    out = args.out or Path(f"{(args.name or args.dataset.stem).lower()}.yaml")
+    path, plan = plan_dataset(data, out, args.name, progress=not args.quiet)
+    s = plan["sampling"]
+    print(f"{path}: {s['mode']} U-Net {plan['model']['filters']}, patch {s['patch_size']}, batch {s['batch_size']}, "
+          f"spacing {plan['preprocess']['spacing'] or 'as is'}; train it with: delineo train {path}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -282,7 +304,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+COMMANDS = {"plan": cmd_plan, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
             "convert": cmd_convert, "series": cmd_series, "explain": cmd_explain, "lr-find": cmd_lr_find}
 
 if __name__ == "__main__":
