@@ -175,6 +175,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"{run_dir}: mean Dice {summary['mean_dice']:.4f}; report {run_dir / 'report.html'}")
         elif _is_main_process():
             print(f"{run_dir}: model {run_dir / 'checkpoints' / 'best.pt'}")
+    if len(folds) > 1 and not args.no_evaluate and _is_main_process() and cfg.train.task == "segmentation":
+        from delineo.evaluate.run import summarise_folds
+
+        summary = summarise_folds(args.runs / cfg.name)
+        folds_text = ", ".join(f"{k} {v:.4f}" for k, v in summary["folds"].items() if v is not None)
+        print(f"{args.runs / cfg.name}: cross-validation mean Dice {summary['mean_dice']:.4f} ({folds_text}); "
+              f"metrics in {args.runs / cfg.name / 'metrics'}")
     return 0
 
 

@@ -173,3 +173,17 @@ def test_two_channel_model_predicts_a_folder_of_channel_files(tmp_path: Path):
 
     with pytest.raises(InputError, match="lacks channel file"):
         predict_paths(run, new, tmp_path / "out2", progress=False)
+
+
+def test_all_folds_give_a_cross_validation_summary(tmp_path: Path):
+    data = write_msd(tmp_path / "data", n=6)
+    exp = phantom_experiment(data, epochs=2, iterations_per_epoch=4)
+    exp["data"]["folds"] = 2
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
+    res = cli("-q", "train", str(tmp_path / "exp.yaml"), "--fold", "all", "--runs", str(tmp_path / "runs"))
+    assert res.returncode == 0, res.stderr
+    assert "cross-validation mean Dice" in res.stdout
+    summary = json.loads((tmp_path / "runs" / "phantom" / "metrics" / "summary.json").read_text())
+    assert summary["n_cases"] == 6 and set(summary["folds"]) == {"fold_0", "fold_1"}
+    rows = (tmp_path / "runs" / "phantom" / "metrics" / "cases.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6 * 2  # every case once, two labels

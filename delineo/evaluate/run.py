@@ -63,3 +63,28 @@ def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool 
     write_report(run_dir, rows, summary, loader, f"{cfg.name} - {run_dir.name}", labels)
     log.info("%s: mean Dice %.4f over %d cases", run_dir, summary.get("mean_dice") or float("nan"), len(val_ids))
     return summary
+
+
+def summarise_folds(exp_dir: str | Path) -> dict[str, Any]:
+    """Cross-validation summary: the per-case rows of every ``fold_*/metrics/cases.csv`` of an
+    experiment (each case scored once, by the fold that held it out) into
+    ``<exp>/metrics/cases.csv`` and ``<exp>/metrics/summary.json`` (with per-fold mean Dice)."""
+    from delineo.evaluate.table import read_cases_csv
+
+    exp_dir = Path(exp_dir)
+    rows: list[dict[str, Any]] = []
+    per_fold: dict[str, Any] = {}
+    for fold_dir in sorted(exp_dir.glob("fold_*")):
+        path = fold_dir / "metrics" / "cases.csv"
+        if not path.is_file():
+            continue
+        fold_rows = read_cases_csv(path)
+        rows += [{**r, "fold": fold_dir.name} for r in fold_rows]
+        per_fold[fold_dir.name] = summarise(fold_rows).get("mean_dice")
+    if not rows:
+        raise InputError(f"{exp_dir}: no evaluated folds (fold_*/metrics/cases.csv) to summarise.")
+    summary = summarise(rows)
+    summary["folds"] = per_fold
+    write_cases_csv(rows, exp_dir / "metrics" / "cases.csv")
+    write_summary_json(summary, exp_dir / "metrics" / "summary.json")
+    return summary
