@@ -187,3 +187,23 @@ def test_all_folds_give_a_cross_validation_summary(tmp_path: Path):
     assert summary["n_cases"] == 6 and set(summary["folds"]) == {"fold_0", "fold_1"}
     rows = (tmp_path / "runs" / "phantom" / "metrics" / "cases.csv").read_text().splitlines()
     assert len(rows) == 1 + 6 * 2  # every case once, two labels
+
+
+def test_tta_mirrors_only_trained_axes(trained: Path, tmp_path: Path):
+    """The phantom model is trained with flips: mirroring at test time must not
+    hurt; a model trained without flips gets no mirroring at all."""
+    from delineo.evaluate.metrics import score_case
+
+    image, label = phantom_case(np.random.default_rng(11))
+    img = Image(image, np.eye(4))
+    scores = {}
+    for tta in (False, True):
+        p = Predictor.from_checkpoint(trained, tta=tta)
+        assert p.tta_axes == [0, 1]  # a 2D model: the in-plane axes
+        mask, _ = p.predict_images([img])
+        s = score_case(mask.array, label, (1, 1, 1), {1: "one", 2: "two"})
+        scores[tta] = np.mean([s[k]["dice"] for k in s])
+    assert scores[True] >= scores[False] - 0.03, scores
+    p = Predictor.from_checkpoint(trained, tta=True)
+    p.cfg.augment.flip.p = 0.0
+    assert Predictor(p.model, p.cfg, p.meta, tta=True).tta_axes == []

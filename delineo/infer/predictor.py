@@ -102,6 +102,11 @@ class Predictor:
         self.model = model.to(device).to(memory_format=fmt).eval()
         self.device = torch.device(device)
         self.tta = cfg.infer.tta if tta is None else tta
+        flip = cfg.augment.flip
+        self.tta_axes = [a for a in flip.axes if a < meta.dims] if flip.p > 0 else []
+        if self.tta and not self.tta_axes:
+            log.warning("test-time mirroring skipped: the model was trained without flips (augment.flip.p = 0), "
+                        "so mirrored inputs would be out of distribution")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: Optional[bool] = None) -> "Predictor":
@@ -125,7 +130,7 @@ class Predictor:
         """Probabilities (K, *S) for a preprocessed (C, *S) array."""
         x = torch.from_numpy(np.array(image, dtype=np.float32)).to(self.device)  # a copy: cache arrays are read-only maps
         m = self.meta
-        fn = flip_tta(self._forward_probs, m.dims) if self.tta else self._forward_probs
+        fn = flip_tta(self._forward_probs, self.tta_axes) if self.tta and self.tta_axes else self._forward_probs
         if m.mode == "3d":
             probs = sliding_window(fn, x, m.patch_size, self.cfg.infer.overlap, self.cfg.infer.batch_size,
                                    m.divisor)

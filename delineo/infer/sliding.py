@@ -114,12 +114,16 @@ def slice_wise(fn: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor,
     return out.permute(1, 0, 2, 3).movedim(1, 1 + axis)
 
 
-def flip_tta(fn: Callable[[torch.Tensor], torch.Tensor], dims: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Average ``fn`` over all mirrorings of the spatial axes (2**dims passes)."""
+def flip_tta(fn: Callable[[torch.Tensor], torch.Tensor], axes: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Average ``fn`` over every mirroring of the given spatial ``axes`` (2**len(axes) passes).
+
+    Only axes the network was trained to be mirror-invariant on may be used: a mirrored input
+    the network never saw (e.g. anterior/posterior swapped) gives confidently wrong labels."""
+    dims = sorted({int(a) + 2 for a in axes})
 
     def wrapped(x: torch.Tensor) -> torch.Tensor:
         total = None
-        combos = [c for r in range(dims + 1) for c in itertools.combinations(range(2, 2 + dims), r)]
+        combos = [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
         for axes in combos:
             xi = torch.flip(x, axes) if axes else x
             yi = fn(xi)
