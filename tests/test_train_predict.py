@@ -140,7 +140,12 @@ def test_torchrun_two_cpu_processes(tmp_path: Path):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(exp))
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=29533", "-m", "delineo.cli", "train",
+    import socket
+
+    with socket.socket() as s:  # a free port, so parallel runs on one machine do not collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={port}", "-m", "delineo.cli", "train",
                           str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "runs"), "-q"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
