@@ -212,3 +212,23 @@ def test_tta_mirrors_only_trained_axes(trained: Path, tmp_path: Path):
     p = Predictor.from_checkpoint(trained, tta=True)
     p.cfg.augment.flip.p = 0.0
     assert Predictor(p.model, p.cfg, p.meta, tta=True).tta_axes == []
+
+
+def test_snapshots_early_stopping_and_time_budget(tmp_path: Path):
+    data = write_msd(tmp_path / "data", n=6)
+    # snapshots of chosen epochs are kept next to the best predictions
+    cfg = config_from_dict(phantom_experiment(data, epochs=3, iterations_per_epoch=2, snapshot_epochs=[0, 2]))
+    run = train(cfg, tmp_path / "a", 0, progress=False)
+    assert sorted(p.name for p in (run / "predictions").iterdir()) == ["best", "epoch_0000", "epoch_0002"]
+    # a learning rate of zero never improves: early stopping ends the run after `patience` validations
+    cfg = config_from_dict(phantom_experiment(data, epochs=20, iterations_per_epoch=1, early_stopping_patience=2,
+                                              optimizer={"name": "sgd", "lr": 0.0, "momentum": 0.0}))
+    run = train(cfg, tmp_path / "b", 0, progress=False)
+    assert len((run / "log.csv").read_text().splitlines()) - 1 == 3  # best at epoch 0, then 2 without gain
+    # a wall-clock budget stops long before the epoch count
+    cfg = config_from_dict(phantom_experiment(data, epochs=10_000, iterations_per_epoch=2, max_minutes=0.05))
+    t0 = time.perf_counter()
+    run = train(cfg, tmp_path / "c", 0, progress=False)
+    assert time.perf_counter() - t0 < 60
+    epochs = len((run / "log.csv").read_text().splitlines()) - 1
+    assert 1 <= epochs < 10_000
