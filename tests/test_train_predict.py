@@ -232,3 +232,24 @@ def test_snapshots_early_stopping_and_time_budget(tmp_path: Path):
     assert time.perf_counter() - t0 < 60
     epochs = len((run / "log.csv").read_text().splitlines()) - 1
     assert 1 <= epochs < 10_000
+
+
+def test_non_contiguous_label_values_round_trip(tmp_path: Path):
+    """Label values {3, 7} train as classes 1, 2 and come back as 3 and 7."""
+    data = write_msd(tmp_path / "data", n=6)
+    for f in (data / "labelsTr").iterdir():
+        lab = nib.load(f)
+        arr = np.asarray(lab.dataobj)
+        nib.save(nib.Nifti1Image(np.select([arr == 1, arr == 2], [3, 7], 0).astype(np.uint8), lab.affine), f)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["labels"] = {"0": "background", "3": "three", "7": "seven"}
+    (data / "dataset.json").write_text(json.dumps(meta))
+    run = train(config_from_dict(phantom_experiment(data, epochs=4, iterations_per_epoch=8)), tmp_path / "runs", 0,
+                progress=False)
+    from delineo.evaluate.run import evaluate_run
+
+    summary = evaluate_run(run, progress=False)
+    assert set(summary["labels"]) == {"three", "seven"} and summary["mean_dice"] > 0.6
+    image, _ = phantom_case(np.random.default_rng(8))
+    mask, _ = Predictor.from_checkpoint(run).predict_images([Image(image, np.diag([1, 1, 1.5, 1]))])
+    assert set(np.unique(mask.array)) == {0, 3, 7}

@@ -35,13 +35,13 @@ MAX_FG_COORDS = 5000
 class CachedCase:
     case_id: str
     image: np.ndarray  # (C, *S) float32, memory-mapped
-    label: Optional[np.ndarray]  # (*S) uint8, memory-mapped
+    label: Optional[np.ndarray]  # (*S) uint8 class indices 0..K (label values in sorted order), memory-mapped
     record: GeometryRecord
     fg_coords: dict[int, np.ndarray]  # label value -> (N, 3) int coordinates
 
 
-def cache_key(cfg: PreprocessConfig) -> str:
-    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+def cache_key(cfg: PreprocessConfig, labels: dict[int, str] | None = None) -> str:
+    text = json.dumps([cfg.model_dump(mode="json"), sorted((labels or {}).items())], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -51,7 +51,7 @@ class CaseCache:
     def __init__(self, root: Path, cfg: PreprocessConfig, labels: dict[int, str]) -> None:
         self.cfg = cfg
         self.labels = labels
-        self.dir = Path(root) / cache_key(cfg)
+        self.dir = Path(root) / cache_key(cfg, labels)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def _paths(self, case_id: str) -> tuple[Path, Path, Path]:
@@ -87,6 +87,13 @@ class CaseCache:
                 f"{case.label}: label values {bad} are not declared in the dataset "
                 f"(declared: {sorted(allowed)})."
             )
+        # label values -> contiguous class indices 1..K (the network's output channels), so that
+        # datasets with values such as {1, 5} train and predict correctly; Predictor maps back
+        lut = np.zeros(int(max(allowed)) + 1, dtype=np.uint8)
+        for index, value in enumerate(sorted(self.labels), start=1):
+            lut[value] = index
+        seg = lut[seg]
+        values = np.unique(seg)
         img_p, seg_p, meta_p = self._paths(case.case_id)
         rng = np.random.default_rng(0)
         fg: dict[str, list] = {}

@@ -38,8 +38,17 @@ def explain_scan(model_path: Path, input_path: Path, out_dir: Path, method: str,
     x, ref_pre, record = preprocess([image], ref_img, cfg.preprocess)
     if label is None and len(meta.labels) == 1:
         label = next(iter(meta.labels))
+    # label values -> the network's class indices (outputs are ordered by sorted label value)
+    order = sorted(meta.labels)
+    if label is not None and label not in order:
+        raise InputError(f"--label {label}: the model's labels are {meta.labels}.")
+    channel = None if label is None else order.index(label) + 1
+    if ref_pre is not None:
+        lut = np.zeros(int(max(max(order), ref_pre.max())) + 1, dtype=np.uint8)
+        lut[order] = np.arange(1, len(order) + 1)
+        ref_pre = lut[ref_pre]
     kwargs = dict(mode=meta.mode, patch_size=meta.patch_size if meta.mode == "3d" else None, axis=meta.axis,
-                  context=meta.context, threshold=threshold, label=label, reference=ref_pre)
+                  context=meta.context, threshold=threshold, label=channel, reference=ref_pre)
     model = predictor.model.float().to(memory_format=__import__("torch").contiguous_format)
     t0 = time.perf_counter()
     result = explain_full(model, x, method, target, layer, **kwargs, **(params or {}))
