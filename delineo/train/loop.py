@@ -321,6 +321,8 @@ class Trainer:
                    unit="min" if timed else "epoch", disable=not self.show,
                    bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}{postfix}]" if timed else None)
         while st.epoch < tc.epochs:
+            if tc.max_minutes and st.elapsed >= tc.max_minutes * 60:
+                break  # a resumed run whose budget is already spent
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": st.epoch}
             row.update(self.train_epoch())
