@@ -1,1 +1,0 @@
-"""Delineo track stage."""
