@@ -20,7 +20,8 @@ from typing import Mapping
 import numpy as np
 
 from delineo.errors import InputError
-from delineo.io.dicom import PATIENT_STUDY_KEYWORDS, align_to_grid, is_dicom_image, lps_from_ras, source_datasets
+from delineo.io.dicom import (PATIENT_STUDY_KEYWORDS, align_to_grid, file_meta_for, is_dicom_image, lps_from_ras,
+                               source_datasets)
 from delineo.io.export import label_names, label_values, resolve_colors
 from delineo.io.image import Image
 
@@ -81,9 +82,9 @@ def write_overlay_series(
     files (a previous overlay) is replaced, anything else in it is an error.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import generate_uid
 
     from delineo import __version__
 
@@ -169,12 +170,7 @@ def write_overlay_series(
             ds.PixelRepresentation = 0
             ds.PixelData = np.ascontiguousarray(rgb).tobytes()
 
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds.file_meta = meta
+            ds.file_meta = file_meta_for(ds)
             pydicom.dcmwrite(tmp_dir / f"IM{k + 1:05d}.dcm", ds, enforce_file_format=True)
         _replace_dir(tmp_dir, out_dir)
     finally:

@@ -22,7 +22,8 @@ import numpy as np
 
 from delineo.errors import InputError
 from delineo.io.atomic import atomic_path
-from delineo.io.dicom import PATIENT_STUDY_KEYWORDS, align_to_grid, is_dicom_image, lps_from_ras, source_datasets
+from delineo.io.dicom import (PATIENT_STUDY_KEYWORDS, align_to_grid, file_meta_for, is_dicom_image, lps_from_ras,
+                               source_datasets)
 from delineo.io.export import label_names, label_values, normalise_name, resolve_colors
 from delineo.io.image import Image
 
@@ -195,9 +196,9 @@ def write_rtstruct(
     are CLOSED_PLANAR, one or more per slice, each referencing its slice's SOP instance.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import generate_uid
 
     from delineo import __version__
 
@@ -313,12 +314,7 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = obs_seq
     ds.ApprovalStatus = "UNAPPROVED"
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
+    ds.file_meta = file_meta_for(ds)
     with atomic_path(out_path, suffix=".dcm") as tmp:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
     log.info("Wrote RTSTRUCT with %d ROIs to %s.", len(values), out_path)
