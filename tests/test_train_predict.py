@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from delineo.config import config_from_dict
+from delineo.train.loop import dice
 from delineo.infer.predictor import Predictor, load_checkpoint
 from delineo.infer.run import predict_paths
 from delineo.io import read_image, write_image
@@ -232,6 +234,15 @@ def test_snapshots_early_stopping_and_time_budget(tmp_path: Path):
     assert time.perf_counter() - t0 < 60
     epochs = len((run / "log.csv").read_text().splitlines()) - 1
     assert 1 <= epochs < 10_000
+    # a budget shorter than one epoch ends that epoch early, then validates and saves as usual
+    cfg = config_from_dict(phantom_experiment(data, epochs=3, iterations_per_epoch=100_000, max_minutes=0.03))
+    t0 = time.perf_counter()
+    run = train(cfg, tmp_path / "d", 0, progress=False)
+    assert time.perf_counter() - t0 < 60
+    with open(run / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and 1 <= int(rows[0]["iterations"]) < 100_000
+    assert "val_dice" in rows[0] and (run / "checkpoints" / "best.pt").is_file()
 
 
 def test_non_contiguous_label_values_round_trip(tmp_path: Path):
@@ -253,3 +264,24 @@ def test_non_contiguous_label_values_round_trip(tmp_path: Path):
     image, _ = phantom_case(np.random.default_rng(8))
     mask, _ = Predictor.from_checkpoint(run).predict_images([Image(image, np.diag([1, 1, 1.5, 1]))])
     assert set(np.unique(mask.array)) == {0, 3, 7}
+
+
+def test_one_output_on_two_labels_learns_and_scores_their_union(tmp_path: Path):
+    """A sigmoid model on labels {1: one, 2: two} is scored against one | two, as 'one+two'."""
+    data = write_msd(tmp_path / "data", n=6)
+    exp = phantom_experiment(data, epochs=4, iterations_per_epoch=8)
+    exp["model"]["out_channels"] = 1
+    run = train(config_from_dict(exp), tmp_path / "runs", 0, progress=False)
+    with open(run / "log.csv", newline="") as fh:
+        last = list(csv.DictReader(fh))[-1]
+    assert "val_dice_one+two" in last and "val_dice_two" not in last
+    assert float(last["val_dice"]) > 0.6
+    from delineo.evaluate.run import evaluate_run
+
+    summary = evaluate_run(run, progress=False)
+    assert list(summary["labels"]) == ["one+two"]
+    assert summary["mean_dice"] == pytest.approx(float(last["val_dice"]), abs=0.02)
+    image, label = phantom_case(np.random.default_rng(8))
+    mask, _ = Predictor.from_checkpoint(run).predict_images([Image(image, np.diag([1, 1, 1.5, 1]))])
+    assert set(np.unique(mask.array)) == {0, 1}
+    assert dice(np.asarray(mask.array) == 1, label > 0) > 0.6

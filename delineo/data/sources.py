@@ -89,6 +89,28 @@ def read_label(path: str, reference: Image) -> Image:
     return read_image(path)
 
 
+def output_channels(model: dict, labels: dict[int, str], classify: bool = False) -> int:
+    """The network's outputs: ``model.out_channels`` (or ``num_classes``) when the experiment sets
+    it, else one sigmoid output for a classifier and background + one per label for a segmenter."""
+    return int(model.get("out_channels") or model.get("num_classes") or (1 if classify else len(labels) + 1))
+
+
+def segmenter_labels(labels: dict[int, str], out_channels: int) -> dict[int, str]:
+    """The labels a segmenter with ``out_channels`` outputs predicts. One sigmoid output trained on
+    several labels learns their union (its targets are label > 0): it predicts, and is scored as,
+    one label with the lowest value, named after all of them (e.g. "Anterior+Posterior")."""
+    if out_channels == 1 and len(labels) > 1:
+        return {min(labels): "+".join(labels[k] for k in sorted(labels))}
+    return dict(labels)
+
+
+def reference_for(reference: np.ndarray, labels: dict[int, str], model_labels: dict[int, str]) -> np.ndarray:
+    """A reference label map in the model's terms: merged to one label for a union model."""
+    if len(model_labels) == 1 and len(labels) > 1:
+        return (np.asarray(reference) > 0).astype(np.uint8) * np.uint8(next(iter(model_labels)))
+    return np.asarray(reference)
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Read the case list described by ``cfg.source`` and apply ``labels``/``max_cases``."""
     src = cfg.source

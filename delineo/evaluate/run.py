@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from delineo.config import load_config
-from delineo.data.sources import load_dataset
+from delineo.data.sources import load_dataset, output_channels, reference_for, segmenter_labels
 from delineo.errors import InputError
 from delineo.evaluate.metrics import score_case
 from delineo.evaluate.report import write_report
@@ -43,7 +43,7 @@ def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool 
         raise InputError(f"{pred_dir}: no predictions; train with validation first.")
     dataset = load_dataset(cfg.data)
     by_id = {c.case_id: c for c in dataset.cases}
-    labels = dataset.labels
+    labels = segmenter_labels(dataset.labels, output_channels(cfg.model, dataset.labels))
     rows: list[dict[str, Any]] = []
     for cid in tqdm(val_ids, desc="evaluate", unit="case", leave=False, disable=not progress):
         pred_path = pred_dir / f"{cid}.nii.gz"
@@ -51,14 +51,16 @@ def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool 
             raise InputError(f"{pred_path}: prediction missing for validation case {cid}.")
         images, ref = by_id[cid].load()
         pred = read_image(pred_path)
-        rows += rows_from_scores(cid, score_case(np.asarray(pred.array), np.asarray(ref.array), ref.spacing, labels))
+        ref_array = reference_for(ref.array, dataset.labels, labels)
+        rows += rows_from_scores(cid, score_case(np.asarray(pred.array), ref_array, ref.spacing, labels))
     summary = summarise(rows)
     write_cases_csv(rows, run_dir / "metrics" / "cases.csv")
     write_summary_json(summary, run_dir / "metrics" / "summary.json")
 
     def loader(cid: str):
         images, ref = by_id[cid].load()
-        return np.asarray(images[0].array), np.asarray(ref.array), np.asarray(read_image(pred_dir / f"{cid}.nii.gz").array)
+        return (np.asarray(images[0].array), reference_for(ref.array, dataset.labels, labels),
+                np.asarray(read_image(pred_dir / f"{cid}.nii.gz").array))
 
     write_report(run_dir, rows, summary, loader, f"{cfg.name} - {run_dir.name}", labels)
     log.info("%s: mean Dice %.4f over %d cases", run_dir, summary.get("mean_dice") or float("nan"), len(val_ids))

@@ -43,7 +43,9 @@ def explain_scan(model_path: Path, input_path: Path, out_dir: Path, method: str,
     if label is not None and label not in order:
         raise InputError(f"--label {label}: the model's labels are {meta.labels}.")
     channel = None if label is None else order.index(label) + 1
-    if ref_pre is not None:
+    if ref_pre is not None and len(order) == 1:
+        ref_pre = (ref_pre > 0).astype(np.uint8)  # one label (a union model): any labelled voxel
+    elif ref_pre is not None:
         lut = np.zeros(int(max(max(order), ref_pre.max())) + 1, dtype=np.uint8)
         lut[order] = np.arange(1, len(order) + 1)
         ref_pre = lut[ref_pre]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from delineo.augment.transforms import Augmenter
 from delineo.config import ExperimentConfig, save_config
 from delineo.data.cache import CaseCache
-from delineo.data.sources import Case, load_dataset
+from delineo.data.sources import Case, load_dataset, output_channels, reference_for, segmenter_labels
 from delineo.data.splits import fold_cases, load_or_make_splits
 from delineo.errors import DelineoError, InputError
 from delineo.io.atomic import atomic_path, write_text_atomic
@@ -143,11 +143,14 @@ class Trainer:
         n_ch = len(self.dataset.channels)
         in_ch = n_ch * (2 * s.context + 1 if s.mode == "2.5d" else 1)
         self.classify = cfg.train.task == "classification"
-        out_ch = int(cfg.model.get("out_channels") or cfg.model.get("num_classes")
-                     or (1 if self.classify else len(self.dataset.labels) + 1))
+        out_ch = output_channels(cfg.model, self.dataset.labels, self.classify)
         torch.manual_seed(cfg.train.seed)
+        labels = dict(self.dataset.labels) if self.classify else segmenter_labels(self.dataset.labels, out_ch)
+        if len(labels) < len(self.dataset.labels) and not self.classify:
+            log.info("one output for labels %s: the model learns their union, '%s'", self.dataset.labels,
+                     next(iter(labels.values())))
         meta = ModelMeta(in_ch, out_ch, dims, s.mode, [], s.axis, s.context if s.mode == "2.5d" else 0,
-                         dict(self.dataset.labels), list(self.dataset.channels))
+                         labels, list(self.dataset.channels))
         self.model = build_model(cfg, meta).to(self.device)
         self.memory_format = memory_format(cfg, dims)
         self.model = self.model.to(memory_format=self.memory_format)
@@ -240,10 +243,19 @@ class Trainer:
         torch.manual_seed(seed)  # dropout masks
         self.net.train()
         losses, t_data, t_net = [], 0.0, 0.0
+        # A single process may end an epoch early when the time budget runs out, so that a budget
+        # shorter than one long epoch (big networks on a CPU) is still kept; under DDP the ranks
+        # would have to agree every step, so there the budget is checked between epochs only.
+        deadline = (time.perf_counter() + tc.max_minutes * 60 - st.elapsed
+                    if tc.max_minutes and self.dist.world == 1 else None)
         bar = tqdm(range(tc.iterations_per_epoch), desc=f"epoch {st.epoch}", unit="it", leave=False,
                    disable=not self.show)
         for _ in bar:
             t0 = time.perf_counter()
+            if deadline is not None and losses and t0 >= deadline:
+                log.info("time budget reached after %d of %d iterations of epoch %d", len(losses),
+                         tc.iterations_per_epoch, st.epoch)
+                break
             xt, yt = self.batch(rng, gen)
             t1 = time.perf_counter()
             with torch.autocast(self.device.type, enabled=self.amp):
@@ -264,8 +276,10 @@ class Trainer:
             t_net += t2 - t1
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        return {"train_loss": float(np.mean(losses)), "lr": self.optimizer.param_groups[0]["lr"],
-                "data_seconds": t_data, "net_seconds": t_net}
+        tenth = max(1, len(losses) // 10)  # shows whether the loss moves inside a long epoch
+        return {"train_loss": float(np.mean(losses)), "train_loss_start": float(np.mean(losses[:tenth])),
+                "train_loss_end": float(np.mean(losses[-tenth:])), "lr": self.optimizer.param_groups[0]["lr"],
+                "iterations": len(losses), "data_seconds": t_data, "net_seconds": t_net}
 
     def batch(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One augmented training batch on the device; classifiers get one class per sample."""
@@ -306,7 +320,8 @@ class Trainer:
             self._refs: dict[str, Image] = {}
         if case.case_id not in self._refs:
             _, label = case.load()
-            self._refs[case.case_id] = label
+            self._refs[case.case_id] = label.with_array(reference_for(label.array, self.dataset.labels,
+                                                                      self.meta.labels))
         return self._refs[case.case_id]
 
     # -------------------------------------------------------------------- run
