@@ -285,3 +285,18 @@ def test_one_output_on_two_labels_learns_and_scores_their_union(tmp_path: Path):
     mask, _ = Predictor.from_checkpoint(run).predict_images([Image(image, np.diag([1, 1, 1.5, 1]))])
     assert set(np.unique(mask.array)) == {0, 1}
     assert dice(np.asarray(mask.array) == 1, label > 0) > 0.6
+
+
+def test_progress_schedules_step_every_iteration(tmp_path: Path):
+    """Cosine over 2 epochs of 10 iterations: the lr of the last step of epoch 0 is the cosine at
+    progress 9/20 and that of the last step of epoch 1 at 19/20 (not frozen per epoch)."""
+    import math
+
+    data = write_msd(tmp_path / "data", n=6)
+    run = train(config_from_dict(phantom_experiment(data, epochs=2, iterations_per_epoch=10,
+                                                    schedule={"name": "cosine"})), tmp_path / "runs", 0,
+                progress=False)
+    with open(run / "log.csv", newline="") as fh:
+        lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
+    expect = [0.01 * 0.5 * (1 + math.cos(math.pi * p)) for p in (9 / 20, 19 / 20)]
+    assert lrs == pytest.approx(expect, rel=1e-6)

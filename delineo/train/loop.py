@@ -221,22 +221,31 @@ class Trainer:
         log.info("resuming %s at epoch %d", path, self.state.epoch)
 
     # ------------------------------------------------------------------ train
-    def progress_fraction(self) -> float:
+    def progress_fraction(self, epoch_fraction: float = 0.0, epoch_seconds: float = 0.0) -> float:
+        """Training progress in [0, 1]: epochs done (plus the fraction of the current one) over
+        ``train.epochs``, or time spent over ``train.max_minutes`` when that is further."""
         tc = self.cfg.train
-        p = self.state.epoch / tc.epochs
+        p = (self.state.epoch + epoch_fraction) / tc.epochs
         if tc.max_minutes:
-            p = max(p, self.state.elapsed / (tc.max_minutes * 60))
+            p = max(p, (self.state.elapsed + epoch_seconds) / (tc.max_minutes * 60))
         return min(p, 1.0)
+
+    def apply_schedule(self, epoch_fraction: float = 0.0, epoch_seconds: float = 0.0) -> None:
+        """Set lr (and momentum) for the next step. Called every iteration, so that progress-based
+        schedules (one-cycle, cosine, poly) are smooth within long epochs, as per-batch schedulers
+        are; epoch-based ones (step, exponential, cyclic, plateau) change between epochs only."""
+        st = self.state
+        progress = self.progress_fraction(epoch_fraction, epoch_seconds)
+        factor = self.schedule.factor(st.epoch, progress)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * factor
+        m = self.schedule.momentum(st.epoch, progress)
+        if m is not None:
+            set_momentum(self.optimizer, m)
 
     def train_epoch(self) -> dict[str, float]:
         cfg, st = self.cfg, self.state
         tc = cfg.train
-        factor = self.schedule.factor(st.epoch, self.progress_fraction())
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = base * factor
-        m = self.schedule.momentum(st.epoch, self.progress_fraction())
-        if m is not None:
-            set_momentum(self.optimizer, m)
         seed = _seed_for(tc.seed, st.epoch, self.dist.rank)
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
@@ -250,12 +259,15 @@ class Trainer:
                     if tc.max_minutes and self.dist.world == 1 else None)
         bar = tqdm(range(tc.iterations_per_epoch), desc=f"epoch {st.epoch}", unit="it", leave=False,
                    disable=not self.show)
-        for _ in bar:
+        epoch_start = time.perf_counter()
+        for i in bar:
             t0 = time.perf_counter()
             if deadline is not None and losses and t0 >= deadline:
                 log.info("time budget reached after %d of %d iterations of epoch %d", len(losses),
                          tc.iterations_per_epoch, st.epoch)
                 break
+            # wall-clock progress inside an epoch differs between DDP ranks: there, iterations only
+            self.apply_schedule(i / tc.iterations_per_epoch, t0 - epoch_start if self.dist.world == 1 else 0.0)
             xt, yt = self.batch(rng, gen)
             t1 = time.perf_counter()
             with torch.autocast(self.device.type, enabled=self.amp):
@@ -358,6 +370,7 @@ class Trainer:
                     row["best"] = 1
                 else:
                     st.bad_validations += 1
+                    _rmtree(tmp_dir)  # predictions of a model that is not the best are not kept
                 if tc.early_stopping_patience and st.bad_validations >= tc.early_stopping_patience:
                     log.info("early stopping after %d validations without improvement", st.bad_validations)
                     stop = True

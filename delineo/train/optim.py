@@ -3,7 +3,8 @@
 Schedules are functions of the epoch *and* of training progress in [0, 1]. Progress is the
 larger of epochs done / epochs and minutes spent / ``train.max_minutes``, so that "poly" or
 "cosine" anneal properly when training is bounded by a wall-clock budget instead of epochs.
-The loop sets ``lr = base_lr * factor`` at the start of every epoch.
+The loop sets ``lr = base_lr * factor`` before every iteration, progress counting the fraction
+of the current epoch, so progress-based schedules are as smooth as per-batch schedulers.
 """
 
 from __future__ import annotations
