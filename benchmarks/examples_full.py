@@ -49,9 +49,9 @@ def run_one(name: str, minutes: float, threads: int, out: Path) -> dict:
     train_s = sum(float(r["data_seconds"]) + float(r["net_seconds"]) for r in rows)
     summary = json.loads((run / "metrics" / "summary.json").read_text())
     if summary.get("task") == "classification":
-        score = f"F1 {summary['f1']:.3f}"
+        score = f"F1 {summary['f1']:.3f}, balanced accuracy {summary['balanced_accuracy']:.3f}"
     else:
-        per = "; ".join(f"{k} {v['mean']:.3f}" for k, v in summary["labels"].items())
+        per = "; ".join(f"{k} {v['dice']['mean']:.3f}" for k, v in summary["labels"].items())
         score = f"Dice {summary['mean_dice']:.3f} ({per})"
     full_iters = cfg.train.epochs * cfg.train.iterations_per_epoch
     return {"name": name, "iterations": iters, "epochs": len(rows), "s_per_it": train_s / max(iters, 1),
