@@ -255,19 +255,19 @@ class Trainer:
         # A single process may end an epoch early when the time budget runs out, so that a budget
         # shorter than one long epoch (big networks on a CPU) is still kept; under DDP the ranks
         # would have to agree every step, so there the budget is checked between epochs only.
-        deadline = (time.perf_counter() + tc.max_minutes * 60 - st.elapsed
-                    if tc.max_minutes and self.dist.world == 1 else None)
+        single = self.dist.world == 1
+        remaining = tc.max_minutes * 60 - st.elapsed if tc.max_minutes and single else None
         bar = tqdm(range(tc.iterations_per_epoch), desc=f"epoch {st.epoch}", unit="it", leave=False,
                    disable=not self.show)
         epoch_start = time.perf_counter()
         for i in bar:
             t0 = time.perf_counter()
-            if deadline is not None and losses and t0 >= deadline:
+            if remaining is not None and losses and t0 - epoch_start >= remaining:
                 log.info("time budget reached after %d of %d iterations of epoch %d", len(losses),
                          tc.iterations_per_epoch, st.epoch)
                 break
             # wall-clock progress inside an epoch differs between DDP ranks: there, iterations only
-            self.apply_schedule(i / tc.iterations_per_epoch, t0 - epoch_start if self.dist.world == 1 else 0.0)
+            self.apply_schedule(i / tc.iterations_per_epoch, t0 - epoch_start if single else 0.0)
             xt, yt = self.batch(rng, gen)
             t1 = time.perf_counter()
             with torch.autocast(self.device.type, enabled=self.amp):
