@@ -9,7 +9,7 @@ rebuild them from ``../shared/data`` (the hippocampus sample itself is a plain f
   by the model) and the dcmqi DICOM-SEG test slices (3 slices, liver drawn in 3D Slicer). The
   512x512 slices are averaged 2x2 in-plane (1.95 mm) to keep the sample small.
 - ``delineo/sample_data/headneck_standin/folds.h5``: a stand-in for head-and-neck PET/CT in the
-  deoxys HDF5 layout, for examples/headneck_petct.yaml. Channel 0 is the hippocampus MR of 15
+  deoxys HDF5 layout, for examples/headneck_petct.yaml. Channel 0 is the hippocampus MR of 12
   sample cases; channel 1 is a SYNTHETIC uptake map (the blurred mask plus noise), not PET.
 
 Usage: python scripts/build_sample_data.py [--shared ../shared/data]
@@ -56,7 +56,7 @@ HN_LICENCE = """\
 Stand-in data for examples/headneck_petct.yaml in the deoxys HDF5 layout (groups fold_0..fold_4,
 x (N, H, W, 2), y (N, H, W, 1), patient_idx (N,)); no PET/CT is embedded.
 
-Channel 0: axial slices of 15 hippocampus MRI crops from the embedded sample (CC-BY-SA 4.0,
+Channel 0: axial slices of 12 hippocampus MRI crops from the embedded sample (CC-BY-SA 4.0,
 Vanderbilt University Medical Center; Antonelli et al., Nature Communications 13, 4128 (2022)),
 minus 50 (so that the example's CT window -100..100 does not clip it), padded to
 40x56 with -50. Channel 1: SYNTHETIC "uptake" = 5 x the Gaussian-blurred (sigma 1) mask plus
@@ -110,7 +110,7 @@ def build_ct_liver(shared: Path, out: Path) -> None:
     (out / "LICENSE.txt").write_text(CT_LICENCE)
 
 
-def build_headneck_standin(out: Path, n_cases: int = 15, folds: int = 5, plane=(40, 56)) -> None:
+def build_headneck_standin(out: Path, n_cases: int = 12, folds: int = 5, plane=(40, 56)) -> None:
     import h5py
     from scipy.ndimage import gaussian_filter
 
