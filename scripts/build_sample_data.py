@@ -12,7 +12,7 @@ rebuild them from ``../shared/data`` (the hippocampus sample itself is a plain f
   deoxys HDF5 layout, for examples/headneck_petct.yaml. Channel 0 is the hippocampus MR of 12
   sample cases; channel 1 is a SYNTHETIC uptake map (the blurred mask plus noise), not PET.
 
-Usage: python scripts/build_sample_data.py [--shared ../shared/data]
+Usage: python scripts/build_sample_data.py [--shared ../shared/data] [--only ct_liver|headneck_standin]
 """
 
 from __future__ import annotations
@@ -145,10 +145,13 @@ def build_headneck_standin(out: Path, n_cases: int = 12, folds: int = 5, plane=(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--only", choices=["ct_liver", "headneck_standin"], help="rebuild one sample")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build_ct_liver(args.shared, SAMPLES / "ct_liver")
-    build_headneck_standin(SAMPLES / "headneck_standin")
+    if args.only in (None, "ct_liver"):
+        build_ct_liver(args.shared, SAMPLES / "ct_liver")
+    if args.only in (None, "headneck_standin"):
+        build_headneck_standin(SAMPLES / "headneck_standin")
 
 
 if __name__ == "__main__":
