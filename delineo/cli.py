@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path)
     _add_common(p)
     _add_lr_find_parser(sub)
+    from delineo.commands import load_all
+
+    for v in load_all().values():
+        p = sub.add_parser(v.name, help=v.help)
+        v.add_arguments(p)
+        _add_common(p)
     return parser
 
 
@@ -120,7 +126,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet, args.debug)
     try:
-        return int(COMMANDS[args.verb](args) or 0)
+        from delineo.commands import VERBS
+
+        run = COMMANDS.get(args.verb) or VERBS[args.verb].run
+        return int(run(args) or 0)
     except DelineoError as exc:
         if args.debug:
             raise

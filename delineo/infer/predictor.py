@@ -9,7 +9,6 @@ facts read from the data (labels, channels, patch size).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,38 +19,12 @@ from delineo.config import ExperimentConfig, config_from_dict
 from delineo.errors import InputError
 from delineo.infer.sliding import flip_tta, sliding_window, slice_wise
 from delineo.io.image import Image
+from delineo.modelfile.checkpoint import ModelMeta, load_checkpoint  # noqa: F401  (re-exported)
 from delineo.postprocess.components import postprocess_labels
 from delineo.preprocess.pipeline import GeometryRecord, preprocess, restore
 from delineo.registry import MODELS
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelMeta:
-    """Facts a checkpoint carries besides the config: what the network expects and produces."""
-
-    in_channels: int
-    out_channels: int
-    dims: int
-    mode: str
-    patch_size: list[int]
-    axis: int
-    context: int
-    labels: dict[int, str]
-    channels: list[str]
-    divisor: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["labels"] = {str(k): v for k, v in self.labels.items()}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
-        d = dict(d)
-        d["labels"] = {int(k): v for k, v in d["labels"].items()}
-        return cls(**d)
 
 
 def build_model(cfg: ExperimentConfig, meta: ModelMeta) -> torch.nn.Module:
@@ -63,28 +36,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file, or ``checkpoints/best.pt`` of a run folder."""
-    path = Path(path)
-    if path.is_dir():
-        for cand in (path / "checkpoints" / "best.pt", path / "best.pt", path / "checkpoints" / "last.pt"):
-            if cand.is_file():
-                path = cand
-                break
-        else:
-            raise InputError(f"{path}: no checkpoint (checkpoints/best.pt) in this folder.")
-    if not path.is_file():
-        raise InputError(f"{path}: model checkpoint not found.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise InputError(f"{path}: not a readable Delineo checkpoint ({type(exc).__name__}).") from None
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
-        raise InputError(f"{path}: not a Delineo checkpoint (no model or config inside).")
-    ckpt["path"] = str(path)
-    return ckpt
 
 
 class Predictor:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from delineo.infer.sliding import pad_to
+from delineo.modelfile.checkpoint import read_checkpoint_file
 from delineo.io.atomic import write_text_atomic
 from delineo.sampling.patches import round_up, slab
 
@@ -155,7 +156,7 @@ def evaluate_classifier_run(run_dir: Path, predictions: str = "best") -> dict[st
     ckpt_meta = None
     best = Path(run_dir) / "checkpoints" / "best.pt"
     if best.is_file():
-        ckpt_meta = torch.load(best, map_location="cpu", weights_only=False)["meta"]
+        ckpt_meta = read_checkpoint_file(best)["meta"]
     k = int(ckpt_meta["out_channels"]) if ckpt_meta else int(cfg.model.get("out_channels", 1))
     truth = np.array([int(r["reference"]) for r in rows])
     pred = np.array([int(r["prediction"]) for r in rows])

@@ -32,10 +32,11 @@ from delineo.data.cache import CaseCache
 from delineo.data.sources import Case, load_dataset, output_channels, reference_for, segmenter_labels
 from delineo.data.splits import fold_cases, load_or_make_splits
 from delineo.errors import DelineoError, InputError
-from delineo.io.atomic import atomic_path, write_text_atomic
+from delineo.io.atomic import write_text_atomic
 from delineo.io.files import write_image
 from delineo.io.image import Image
-from delineo.infer.predictor import ModelMeta, Predictor, build_model, pick_device
+from delineo.infer.predictor import Predictor, build_model, pick_device
+from delineo.modelfile.checkpoint import ModelMeta, read_checkpoint_file, save_checkpoint
 from delineo.losses import deep_supervised
 from delineo.registry import LOSSES, OPTIMIZERS, SCHEDULES
 from delineo.train.classify import MONITOR, class_targets, validate_classifier
@@ -203,14 +204,13 @@ class Trainer:
         }
 
     def _save(self, path: Path, ckpt: dict[str, Any]) -> None:
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(ckpt, tmp)
+        save_checkpoint(path, ckpt)
 
     def _load(self, path: Path) -> None:
         try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise InputError(f"{path}: cannot resume, the checkpoint is unreadable ({type(exc).__name__}).") from None
+            ckpt = read_checkpoint_file(path, map_location=self.device)
+        except InputError as exc:
+            raise InputError(f"{path}: cannot resume, {exc}") from None
         self.model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt["schedule"])
