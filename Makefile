@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean bench
+.PHONY: demo test soak install clean bench
 
 $(BIN)/delineo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -x --durations=15
+
+# Long fault-injection, fuzz and load runs: not part of `make test`.
+soak: install
+	$(BIN)/python -m pytest -q -m soak --durations=15
 
 bench: install
 	$(BIN)/python benchmarks/hippocampus.py
