@@ -176,6 +176,9 @@ class TrainConfig(Strict):
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="bf16: forward under bfloat16 autocast (weights, loss, optimiser state stay float32); "
+                            "auto: bf16 when a timed probe finds it faster and its gradients agree (delineo.precision)")
     channels_last: bool = Field(True, description="channels-last memory format (about 30% faster 3D convolutions on CPU)")
     num_threads: Optional[int] = Field(None, ge=1)
     grad_clip: Optional[float] = Field(12.0, gt=0)
@@ -196,6 +199,22 @@ class InferConfig(Strict):
     batch_size: int = Field(8, ge=1)
     tta: bool = False
     save_probabilities: bool = False
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="bf16: network under bfloat16 autocast; auto: bf16 when a timed probe finds it faster "
+                            "and its labels agree with float32 (delineo.precision)")
+    max_memory: Optional[str] = Field(
+        None, description="cap on the prediction's working memory, e.g. 2GB: windows are accumulated slab by slab "
+                          "along the longest axis and labels written as slabs finish (delineo.infer.sliding)")
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory_size(cls, value):
+        if value is None:
+            return None
+        from delineo.infer.memory import parse_size  # a leaf module: no later stage is imported
+
+        parse_size(value)
+        return str(value)
 
 
 class PostprocessConfig(Strict):
