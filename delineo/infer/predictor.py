@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from delineo.config import ExperimentConfig, config_from_dict
+from delineo import precision as mixed
 from delineo.errors import InputError
 from delineo.infer.sliding import flip_tta, sliding_window, slice_wise
 from delineo.io.image import Image
@@ -53,6 +54,9 @@ class Predictor:
         self.model = model.to(device).to(memory_format=fmt).eval()
         self.device = torch.device(device)
         self.tta = cfg.infer.tta if tta is None else tta
+        # fp32 | bf16 | auto; 'auto' is settled on the first batch, by a probe of this network (delineo.precision)
+        self.precision = cfg.infer.precision if cfg.infer.precision == "auto" else \
+            mixed.resolve(cfg.infer.precision, self.device, "infer")
         flip = cfg.augment.flip
         self.tta_axes = [a for a in flip.axes if a < meta.dims] if flip.p > 0 else []
         if self.tta and not self.tta_axes:
@@ -71,9 +75,14 @@ class Predictor:
     def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.train.channels_last and x.dim() in (4, 5):
             x = x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
-        out = self.model(x)
+        if self.precision == "auto":
+            self.precision = mixed.resolve("auto", self.device, f"infer|{self.cfg.model}|{tuple(x.shape)}",
+                                           mixed.inference_probe(self.model, x))
+        with mixed.autocast(self.device, self.precision):
+            out = self.model(x)
         if isinstance(out, (list, tuple)):
             out = out[0]
+        out = out.float()  # softmax and blending in float32
         return torch.sigmoid(out) if out.shape[1] == 1 else torch.softmax(out, dim=1)
 
     @torch.no_grad()

@@ -38,6 +38,7 @@ from delineo.io.image import Image
 from delineo.infer.predictor import Predictor, build_model, pick_device
 from delineo.modelfile.checkpoint import ModelMeta, read_checkpoint_file, save_checkpoint
 from delineo.losses import deep_supervised
+from delineo import precision as mixed
 from delineo.registry import LOSSES, OPTIMIZERS, SCHEDULES
 from delineo.train.classify import MONITOR, class_targets, validate_classifier
 from delineo.train.optim import set_momentum
@@ -166,7 +167,8 @@ class Trainer:
         self.optimizer = OPTIMIZERS.build(cfg.train.optimizer, "train.optimizer", params=self.model.parameters())
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.schedule = SCHEDULES.build(cfg.train.schedule or {"name": "constant"}, "train.schedule")
-        self.amp = cfg.train.amp and self.device.type == "cuda"
+        self.precision = self._resolve_precision()
+        self.amp = cfg.train.amp and self.device.type == "cuda" and self.precision == "fp32"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = TrainState()
         if self.resume and last.exists():
@@ -270,9 +272,10 @@ class Trainer:
             self.apply_schedule(i / tc.iterations_per_epoch, t0 - epoch_start if single else 0.0)
             xt, yt = self.batch(rng, gen)
             t1 = time.perf_counter()
-            with torch.autocast(self.device.type, enabled=self.amp):
+            with mixed.autocast(self.device, self.precision) if self.precision == "bf16" else \
+                    torch.autocast(self.device.type, enabled=self.amp):
                 out = self.net(xt)
-                loss = deep_supervised(self.loss_fn, out, yt)
+            loss = deep_supervised(self.loss_fn, _float(out), yt)  # the loss in float32, always
             if not torch.isfinite(loss):
                 raise DelineoError(f"{self.run_dir}: the loss became {loss.item()} at epoch {st.epoch}; "
                                    "lower train.optimizer.lr.")
@@ -292,6 +295,16 @@ class Trainer:
         return {"train_loss": float(np.mean(losses)), "train_loss_start": float(np.mean(losses[:tenth])),
                 "train_loss_end": float(np.mean(losses[-tenth:])), "lr": self.optimizer.param_groups[0]["lr"],
                 "iterations": len(losses), "data_seconds": t_data, "net_seconds": t_net}
+
+    def _resolve_precision(self) -> str:
+        """train.precision as fp32 or bf16; ``auto`` times one training step of this network both ways."""
+        want = self.cfg.train.precision
+        if want != "auto":
+            return mixed.resolve(want, self.device, "train")
+        xt, yt = self.batch(np.random.default_rng(0), torch.Generator().manual_seed(0))
+        probe = mixed.training_probe(self.model.train(), xt, lambda out: deep_supervised(self.loss_fn, _float(out), yt))
+        what = f"train|{self.cfg.model}|{tuple(xt.shape)}|{self.memory_format}"
+        return mixed.resolve("auto", self.device, what, probe)
 
     def batch(self, rng: np.random.Generator, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One augmented training batch on the device; classifiers get one class per sample."""
@@ -436,6 +449,13 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _float(out: Any) -> Any:
+    """Network outputs (a tensor or a deep-supervision list) as float32, for a float32 loss."""
+    if isinstance(out, (list, tuple)):
+        return type(out)(o.float() for o in out)
+    return out.float()
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
