@@ -70,12 +70,34 @@ class IntensityConfig(Strict):
         return self
 
 
+class RegionConfig(Strict):
+    """Train (and predict) on the image restricted to an organ: stage 2 of a region cascade
+    (delineo.preprocess.region). Training uses the reference organ (these label values), a
+    cascade pipeline the organ its previous stage predicts."""
+
+    labels: list[int] = Field(min_length=1, description="label values that make the organ (e.g. [1, 2]: liver + tumour)")
+    margin_mm: float = Field(10.0, ge=0, description="box margin around the organ")
+    square: bool = Field(False, description="square (3D: cubic) box over the network's input axes")
+    size: Optional[list[int]] = Field(None, description="resize the box to this size (2 in-plane sizes in 2D, 3 in 3D)")
+    background: Union[Literal["mean", "keep"], float] = Field(
+        "mean", description="outside the organ: its mean intensity, a constant, or keep the image")
+    clahe: Optional[float] = Field(None, gt=0, le=1, description="CLAHE clip limit (e.g. 0.01); null = off")
+
+    @field_validator("size")
+    @classmethod
+    def _sizes(cls, value):
+        if value is not None and (len(value) not in (2, 3) or min(value) < 4):
+            raise ValueError("size needs 2 (2D) or 3 (3D) sizes >= 4")
+        return value
+
+
 class PreprocessConfig(Strict):
     orientation: Optional[str] = Field("RAS", description="canonical axis codes, or null to keep")
     spacing: Optional[tuple[float, float, float]] = Field(None, description="target spacing in mm")
     interpolation: Literal["linear", "cubic"] = "linear"
     crop_foreground: bool = True
     intensity: list[IntensityConfig] = Field(default_factory=lambda: [IntensityConfig()])
+    region: Optional[RegionConfig] = Field(None, description="restrict the input to an organ (region cascade stage)")
 
     @field_validator("orientation")
     @classmethod
@@ -227,6 +249,19 @@ class EvaluateConfig(Strict):
     overlays: int = Field(3, ge=0, description="best, median and worst case overlays in the report")
 
 
+class ExplainConfig(Strict):
+    """Defaults of ``delineo explain`` for this model (each command-line option overrides its
+    field). Typed so that a misspelt key is refused rather than silently ignored."""
+
+    method: str = Field("guided-backprop", description="explanation method (see delineo explain --help)")
+    target: str = Field("positive-prediction", description="segmentation target")
+    layer: Optional[str] = Field(None, description="layer for activation / Grad-CAM")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="prediction threshold of the targets")
+    params: dict[str, Any] = Field(default_factory=dict, description="method parameters, e.g. {steps: 64}")
+    sanity_flag_above: float = Field(0.9, gt=-1.0, le=1.0, description="sanity check: flag a map whose rank "
+                                     "correlation after full randomisation stays above this")
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     data: DataConfig
@@ -239,7 +274,7 @@ class ExperimentConfig(Strict):
     infer: InferConfig = InferConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    explain: dict[str, Any] = Field(default_factory=dict)
+    explain: ExplainConfig = ExplainConfig()
 
     @field_validator("model", mode="before")
     @classmethod
@@ -257,6 +292,13 @@ class ExperimentConfig(Strict):
         if not value or "/" in value or value.startswith("."):
             raise ValueError("name must be a plain folder name")
         return value
+
+    @model_validator(mode="after")
+    def _region_size(self) -> "ExperimentConfig":
+        region, need = self.preprocess.region, 3 if self.sampling.mode == "3d" else 2
+        if region is not None and region.size is not None and len(region.size) != need:
+            raise ValueError(f"preprocess.region.size needs {need} sizes for sampling.mode {self.sampling.mode}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
