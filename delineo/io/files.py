@@ -17,6 +17,7 @@ import numpy as np
 
 from delineo.errors import InputError
 from delineo.io.atomic import atomic_path
+from delineo.io.formats import format_for
 from delineo.io.image import Image, affine_from_itk, itk_from_affine
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,10 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 
 def image_suffix(path: str | Path) -> str:
     """The format suffix of a file name ('.nii.gz', '.nrrd', ...), lower case, or ''."""
+    from delineo.io.formats import listed_suffixes  # PNG, JPEG, .npy, ... (registry of other formats)
+
     name = Path(path).name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+    for suffix in sorted(IMAGE_SUFFIXES + listed_suffixes(), key=len, reverse=True):
         if name.endswith(suffix):
             return suffix
     return ""
@@ -65,6 +68,8 @@ def read_image(path: str | Path, *, allow_4d: bool = False, check_finite: bool =
         image = _read_nifti(path)
     elif suffix in ITK_SUFFIXES:
         image = _read_itk(path)
+    elif format_for(path) is not None:
+        image = format_for(path).read(path)
     else:
         raise InputError(
             f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)} "
@@ -163,6 +168,8 @@ def write_image(image: Image, path: str | Path, dtype: np.dtype | type | None = 
             itk.SetOrigin(tuple(float(o) for o in origin))
             itk.SetDirection(tuple(float(d) for d in direction.ravel()))
             sitk.WriteImage(itk, str(tmp), useCompression=True)
+        elif format_for(path) is not None:
+            format_for(path).write(Image(array, image.affine, image.modality, image.meta), tmp)
         else:
             raise InputError(f"{path}: unsupported output type (use one of {', '.join(IMAGE_SUFFIXES)}).")
     return path
