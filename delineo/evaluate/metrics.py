@@ -7,9 +7,10 @@ Surface distances follow the usual implementations (MedPy as used by nnU-Net, MO
 DeepMind ``surface-distance``): the surface of a mask is its voxels that have at least one
 6-connected (4-connected in 2D) background neighbour, with everything outside the array counted
 as background; for every surface voxel of one mask we take the Euclidean distance (mm) to the
-nearest surface voxel of the other, in both directions. ``hd95`` is the 95th percentile
-(``numpy.percentile``, linear interpolation) over the union of both directed sets and ``assd`` is
-the mean over that union.
+nearest surface voxel of the other, in both directions. ``hd95`` is by default the 95th percentile
+(``numpy.percentile``, linear interpolation) over the union of both directed sets (MedPy's
+definition; ``hd95="max_directed"`` gives MONAI's, see :mod:`delineo.evaluate.distances`) and
+``assd`` is the mean over that union.
 
 Conventions for empty masks (chosen so that means over cases are not skewed by made-up numbers):
 
@@ -34,7 +35,8 @@ import logging
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
+
+from delineo.evaluate.distances import DEFAULT_HD95, HD95, directed_surface_distances
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ def score_case(
     ref: np.ndarray,
     spacing: Sequence[float],
     labels: dict[int, str],
+    hd95: str = DEFAULT_HD95,
 ) -> dict[str, dict[str, float | None]]:
     """Metrics of one case for every label value > 0 in ``labels``, keyed by label name.
 
@@ -75,14 +78,18 @@ def score_case(
     if len(set(names)) != len(names):
         raise ValueError(f"label names must be unique, got {labels}")
     return {
-        name: score_binary(pred == value, ref == value, spacing)
+        name: score_binary(pred == value, ref == value, spacing, hd95)
         for value, name in sorted(labels.items())
         if value > 0
     }
 
 
-def score_binary(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> dict[str, float | None]:
-    """All metrics of :data:`METRICS` for one pair of binary masks (see the module conventions)."""
+def score_binary(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                 hd95: str = DEFAULT_HD95) -> dict[str, float | None]:
+    """All metrics of :data:`METRICS` for one pair of binary masks (see the module conventions).
+
+    ``hd95`` names the Hausdorff-95 definition (:data:`delineo.evaluate.distances.HD95`)."""
+    hd95_fn = HD95.get(hd95).fn
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
@@ -97,20 +104,20 @@ def score_binary(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) ->
     voxel_ml = float(np.prod(spacing)) / 1000.0
 
     if n_pred and n_ref:
-        distances = surface_distances(pred, ref, spacing)
-        hd95: float | None = float(np.percentile(distances, 95))
-        assd: float | None = float(distances.mean())
+        pred_to_ref, ref_to_pred = directed_surface_distances(pred, ref, spacing)
+        hd: float | None = hd95_fn(pred_to_ref, ref_to_pred)
+        assd: float | None = float(np.concatenate([pred_to_ref, ref_to_pred]).mean())
     elif both_empty:
-        hd95 = assd = 0.0
+        hd = assd = 0.0
     else:
-        hd95 = assd = None
+        hd = assd = None
 
     return {
         "dice": _ratio(2 * tp, n_pred + n_ref, both_empty),
         "iou": _ratio(tp, tp + fp + fn, both_empty),
         "precision": _ratio(tp, n_pred, both_empty),
         "recall": _ratio(tp, n_ref, both_empty),
-        "hd95": hd95,
+        "hd95": hd,
         "assd": assd,
         "volume_pred_ml": n_pred * voxel_ml,
         "volume_ref_ml": n_ref * voxel_ml,
@@ -122,46 +129,9 @@ def score_binary(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) ->
 
 
 def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Distances (mm) from each surface voxel of ``a`` to the surface of ``b`` and vice versa.
-
-    Both masks must be non-empty. The work is done on the bounding box of both masks padded by
-    one background voxel: the nearest surface voxel of either mask always lies inside that box,
-    so the result is exact while the distance transforms stay small for small structures in
-    large volumes. The padding is zeros, which is what makes voxels on the array border count as
-    surface (background outside the image).
-    """
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    spacing = _check_spacing(spacing, a.ndim)
-    box = _bounding_box(a | b)
-    if box is None or not a.any() or not b.any():
-        raise ValueError("surface distances need two non-empty masks")
-    a = np.pad(a[box], 1)
-    b = np.pad(b[box], 1)
-    surface_a = _surface(a)
-    surface_b = _surface(b)
-    # distance_transform_edt measures distance to the nearest zero, so invert each surface.
-    to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing)
-    to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing)
-    return np.concatenate([to_b[surface_a], to_a[surface_b]])
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with at least one face-connected background neighbour."""
-    structure = ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Smallest slices containing every True voxel of ``mask``, or None if it is empty."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(i for i in range(mask.ndim) if i != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+    """Distances (mm) from each surface voxel of ``a`` to the surface of ``b`` and vice versa
+    (the two directed sets of :func:`directed_surface_distances`, concatenated)."""
+    return np.concatenate(directed_surface_distances(a, b, spacing))
 
 
 def _ratio(num: int, den: int, both_empty: bool) -> float | None:
