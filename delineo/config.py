@@ -58,8 +58,12 @@ class DataConfig(Strict):
 class IntensityConfig(Strict):
     """Per-channel intensity preset."""
 
-    preset: Literal["ct", "mr", "pet", "none", "percentile"] = "mr"
-    window: Optional[tuple[float, float]] = Field(None, description="CT: HU window; PET: SUV clip")
+    preset: Literal["ct", "mr", "pet", "none", "percentile", "window", "imagenet"] = Field(
+        "mr", description="ct: HU window scaled to [-1, 1]; mr: z-score of the volume; pet: SUV clip; percentile: "
+                          "clip then z-score; window: clip(x - centre, -width/2, width/2), unscaled; imagenet: "
+                          "x / window[1] (255 by default) then ImageNet mean and std")
+    window: Optional[tuple[float, float]] = Field(None, description="CT and window: [low, high]; PET: SUV clip; "
+                                                                    "imagenet: [0, full scale]")
     foreground_only: bool = Field(False, description="MR: z-score statistics inside the non-zero region")
     percentiles: tuple[float, float] = (0.5, 99.5)
 
@@ -245,8 +249,32 @@ class PostprocessConfig(Strict):
     fill_holes: bool = False
 
 
+class LesionEvalConfig(Strict):
+    """Lesion-wise evaluation (rules in :mod:`delineo.evaluate.lesions`)."""
+
+    enabled: bool = Field(True, description="lesion counts per case, metrics/lesions.csv and the report's lesion section")
+    connectivity: Optional[Literal[4, 6, 8, 18, 26]] = Field(None, description="null = full (26 in 3D, 8 in 2D)")
+    min_size: int = Field(0, ge=0, description="components below this many voxels are ignored on both sides")
+    min_overlap: float = Field(0.0, ge=0.0, le=1.0, description="0 = any overlap detects; else fraction of the lesion covered")
+    size_brackets: list[float] = Field(default_factory=lambda: [0, 10, 400, 1000], description="lower edges, last open")
+    size_unit: Literal["voxels", "ml"] = "voxels"
+
+    @field_validator("size_brackets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if not value or value[0] != 0 or any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("size_brackets must start at 0 and increase strictly")
+        return value
+
+
 class EvaluateConfig(Strict):
     overlays: int = Field(3, ge=0, description="best, median and worst case overlays in the report")
+    hd95: Literal["pooled", "max_directed"] = Field("pooled", description="HD95 definition: MedPy pooled or MONAI max of directed")
+    aggregate: list[Literal["mean_per_case", "pooled", "per_slice"]] = Field(
+        default_factory=lambda: ["mean_per_case", "pooled", "per_slice"], description="aggregations in summary and report")
+    fbeta: list[float] = Field(default_factory=lambda: [2.0], description="pixel-level F-beta scores (f2, ...)")
+    slice_axis: Optional[int] = Field(None, ge=0, le=2, description="per_slice axis; null = sampling.axis (run) or 2")
+    lesions: LesionEvalConfig = LesionEvalConfig()
 
 
 class ExplainConfig(Strict):
