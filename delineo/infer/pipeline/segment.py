@@ -1,0 +1,404 @@
+"""Stage ``segment``: one or more trained models whose probabilities are combined.
+
+Each member is a trained model (one run, or several fold runs of one experiment whose
+probabilities are averaged). Members are combined on the input grid, so they may use different
+preprocessing. Combination rules (``combine``):
+
+- ``mean``: the average of the members' probabilities.
+- ``weighted_mean``: the average weighted by each member's ``weight`` (normalised to sum 1).
+- ``vote``: each member votes for its arg-max label; a voxel takes the label with the most
+  votes. **Tie rule**: among the labels tied on votes, the one with the highest mean probability
+  over all members wins; if those are exactly equal too, the smallest label value wins
+  (background first). The output probabilities are the vote fractions.
+- ``fusion``: a learned 1x1 convolution over the concatenated member probabilities
+  (M x (1 + L) -> 1 + L channels, softmax), trained at build time only on out-of-fold
+  predictions (each case predicted by the folds that did not train on it), by cross-entropy.
+
+Test-time augmentation (``tta``) flips along volume axes and, in 2D, rotates by 90 degrees;
+each member uses only what it was trained on (``delineo.infer.pipeline.tta``). ``flip:
+search`` / ``rot90: search`` try every subset on the out-of-fold cases and keep the one with
+the highest mean per-case Dice; a larger set must beat a smaller one by more than 1e-4.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from delineo.config import Strict
+from delineo.errors import ConfigError
+from delineo.infer.pipeline.members import Member
+from delineo.infer.pipeline.stages import (BuildContext, CaseData, RunOptions, Stage, StageOutput, ValidationCase,
+                                           mask_from_probs, register_stage, two_channel)
+from delineo.infer.pipeline.tta import UNCERTAINTY, Augmentation, Welford, augmentations, entropy, trained_flip_axes, \
+    trained_rot_plane
+from delineo.infer.predictor import Predictor, build_model
+from delineo.preprocess.pipeline import GeometryRecord, preprocess, restore
+
+log = logging.getLogger(__name__)
+
+COMBINE = ("mean", "weighted_mean", "vote", "fusion")
+
+
+class MemberConfig(Strict):
+    name: Optional[str] = None
+    runs: list[str] = Field(min_length=1, description="run folders, checkpoints or globs (runs/x/fold_*)")
+    weight: float = Field(1.0, gt=0)
+
+
+class TTAConfig(Strict):
+    flip: Union[Literal["search"], list[int]] = Field(default_factory=list, description="volume axes, or search")
+    rot90: Union[Literal["search"], bool] = False
+
+    @model_validator(mode="after")
+    def _axes(self) -> "TTAConfig":
+        if isinstance(self.flip, list) and any(a not in (0, 1, 2) for a in self.flip):
+            raise ValueError(f"tta.flip axes must be 0, 1 or 2, got {self.flip}")
+        return self
+
+
+class SegmentConfig(Strict):
+    name: str
+    kind: Literal["segment"] = "segment"
+    runs: Optional[list[str]] = Field(None, description="one member made of these runs")
+    members: Optional[list[MemberConfig]] = None
+    combine: Literal["mean", "weighted_mean", "vote", "fusion"] = "mean"
+    tta: TTAConfig = TTAConfig()
+    fusion_steps: int = Field(300, ge=1, description="optimiser steps of the learned fusion")
+
+    @model_validator(mode="after")
+    def _members(self) -> "SegmentConfig":
+        if (self.runs is None) == (self.members is None):
+            raise ValueError("give either runs (one member) or members (several), not both or neither")
+        n = len(self.members or [1])
+        if self.combine in ("vote", "fusion") and n < 2:
+            raise ValueError(f"combine: {self.combine} needs at least 2 members")
+        return self
+
+
+class _Prepared:
+    """Preprocessed input of one case, shared by members with the same preprocessing."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+        self._by_key: dict[str, tuple[np.ndarray, GeometryRecord]] = {}
+
+    def get(self, member: Member) -> tuple[np.ndarray, GeometryRecord]:
+        cfg = member.cfg.preprocess
+        key = cfg.model_dump_json()
+        if key not in self._by_key:
+            x, _, rec = preprocess(self.images, None, cfg)
+            self._by_key[key] = (x, rec)
+        return self._by_key[key]
+
+
+@register_stage("segment")
+class SegmentStage(Stage):
+    """Members combined by ``combine``, with chosen TTA; see the module docstring."""
+
+    Config = SegmentConfig
+
+    def __init__(self, name: str, members: list[Member], combine: str = "mean", weights: Optional[list[float]] = None,
+                 tta: Optional[dict[str, Any]] = None, fusion: Optional[dict[str, torch.Tensor]] = None,
+                 tables: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(name)
+        if combine not in COMBINE:
+            raise ConfigError(f"stage {name}: unknown combine '{combine}' (one of {', '.join(COMBINE)}).")
+        self.members, self.combine = members, combine
+        self.weights = list(weights) if weights else [1.0] * len(members)
+        self.tta = {"flip": [], "rot90": False, **(tta or {})}
+        self.fusion = fusion  # {"weight": (K, M*K, 1), "bias": (K,)}
+        self.tables = tables or {}
+        first = members[0].meta
+        for m in members[1:]:
+            if sorted(m.meta.labels) != sorted(first.labels):
+                raise ConfigError(f"stage {name}: member {m.name} predicts labels {m.meta.labels}, "
+                                  f"member {members[0].name} predicts {first.labels}; they cannot be combined.")
+        self._labels = {int(k): v for k, v in sorted(first.labels.items())}
+        self._predictors: dict[tuple[int, int], Predictor] = {}
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def labels(self) -> dict[int, str]:
+        return dict(self._labels)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.members[0].meta.channels)
+
+    def predictor(self, i: int, j: int, device: torch.device) -> Predictor:
+        key = (i, j)
+        if key not in self._predictors or self._predictors[key].device != torch.device(device):
+            fold = self.members[i].folds[j]
+            model = build_model(fold.cfg, fold.model_meta)
+            model.load_state_dict(fold.state)
+            self._predictors[key] = Predictor(model, fold.cfg, fold.model_meta, device, tta=False)
+        return self._predictors[key]
+
+    def augs(self, i: int) -> list[Augmentation]:
+        m = self.members[i]
+        return augmentations(m.cfg, m.meta, self.tta["flip"], bool(self.tta["rot90"]))
+
+    # ------------------------------------------------------------- prediction
+    def member_probs(self, i: int, prepared: _Prepared, options: RunOptions, folds: Optional[list[int]] = None,
+                     augs: Optional[list[Augmentation]] = None, spread: Optional[Welford] = None) -> np.ndarray:
+        """Member ``i``'s probabilities (1 + L, *S) on the input grid: the mean over its folds
+        (``folds``, default all) and augmentations; each sample goes into ``spread`` if given."""
+        member = self.members[i]
+        x, rec = prepared.get(member)
+        folds = list(range(len(member.folds))) if folds is None else folds
+        augs = self.augs(i) if augs is None else augs
+        total = None
+        for j in folds:
+            pred = self.predictor(i, j, options.device)
+            for aug in augs:
+                p = aug.inverse(pred.predict_array(aug.forward(x)))
+                if spread is not None:
+                    spread.add(two_channel(restore(p, rec, probabilities=True)))
+                total = p if total is None else total + p
+        probs = restore(total / (len(folds) * len(augs)), rec, probabilities=True)
+        return two_channel(probs)
+
+    def combine_probs(self, member_probs: list[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """(probabilities, label map or None) from the members' probabilities."""
+        values = list(self._labels)
+        if self.combine == "mean":
+            return np.mean(member_probs, axis=0).astype(np.float32), None
+        if self.combine == "weighted_mean":
+            w = np.asarray(self.weights, dtype=np.float64)
+            w = w / w.sum()
+            return np.tensordot(w, np.stack(member_probs), axes=1).astype(np.float32), None
+        if self.combine == "vote":
+            return vote(member_probs, values)
+        return fuse(member_probs, self.fusion), None
+
+    def predict(self, case: CaseData, options: RunOptions) -> StageOutput:
+        prepared = _Prepared(case.images)
+        spread = Welford() if options.uncertainty == "variance" else None
+        member_probs = []
+        for i, member in enumerate(self.members):
+            folds = member.usable_folds(options.exclude_case) if options.exclude_case else None
+            member_probs.append(self.member_probs(i, prepared, options, folds, spread=spread))
+        probs, mask = self.combine_probs(member_probs)
+        if mask is None:
+            mask = mask_from_probs(probs, list(self._labels), self.default_thresholds())
+        unc = None
+        if options.uncertainty == "variance":
+            unc = spread.variance()
+        elif options.uncertainty == "entropy":
+            unc = entropy(probs)
+        elif options.uncertainty is not None:
+            raise ConfigError(f"uncertainty '{options.uncertainty}': choose one of {', '.join(UNCERTAINTY)}.")
+        return StageOutput(probs, self.labels, mask, unc)
+
+    def default_thresholds(self) -> Optional[dict[int, float]]:
+        """One-output (sigmoid) members say foreground at p >= 0.5, as ``Predictor`` does."""
+        if all(m.meta.out_channels == 1 for m in self.members) and len(self._labels) == 1:
+            return {next(iter(self._labels)): 0.5}
+        return None
+
+    # ---------------------------------------------------------------- storage
+    def to_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        tensors: dict[str, torch.Tensor] = {}
+        members = []
+        for i, m in enumerate(self.members):
+            spec, t = m.to_state(f"m{i}")
+            members.append(spec)
+            tensors.update(t)
+        if self.fusion is not None:
+            tensors.update({f"fusion.{k}": v.detach().cpu().contiguous() for k, v in self.fusion.items()})
+        spec = {"members": members, "combine": self.combine, "weights": self.weights, "tta": self.tta,
+                "tables": self.tables}
+        return spec, tensors
+
+    @classmethod
+    def from_state(cls, name: str, spec: dict[str, Any], tensors: dict[str, torch.Tensor],
+                   device: torch.device) -> "SegmentStage":
+        members = [Member.from_state(ms, tensors) for ms in spec["members"]]
+        fusion = {k[len("fusion."):]: v for k, v in tensors.items() if k.startswith("fusion.")} or None
+        return cls(name, members, spec.get("combine", "mean"), spec.get("weights"), spec.get("tta"), fusion,
+                   spec.get("tables"))
+
+    def describe(self) -> list[str]:
+        lines = [f"{self.name}: segment, {len(self.members)} member(s) combined by {self.combine}; TTA flips "
+                 f"{self.tta['flip'] or 'none'}, rot90 {'yes' if self.tta['rot90'] else 'no'}"]
+        for i, m in enumerate(self.members):
+            meta = m.meta
+            lines.append(f"  member {m.name}: {m.cfg.model.get('name')} {meta.mode}, {len(m.folds)} fold(s), "
+                         f"weight {self.weights[i]:g}, channels {', '.join(meta.channels)}, labels {meta.labels}")
+        if self.fusion is not None:
+            w = self.fusion["weight"].reshape(self.fusion["weight"].shape[0], -1)
+            k = w.shape[0]
+            share = [float(w[:, i * k:(i + 1) * k].diagonal().sum()) for i in range(len(self.members))]
+            lines.append("  fusion diagonal weight per member: " + ", ".join(f"{s:.2f}" for s in share))
+        for key, table in self.tables.items():
+            lines.append(f"  search {key}: " + "; ".join(f"{r['candidate']} {r['dice']:.4f}" for r in table))
+        return lines
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, name: str, config: SegmentConfig, ctx: BuildContext) -> "SegmentStage":
+        if config.runs is not None:
+            specs = [MemberConfig(name=name, runs=config.runs)]
+        else:
+            specs = config.members or []
+        members = [Member.from_runs(s.name or f"member{i}", s.runs, ctx.base_dir, f"stage {name}")
+                   for i, s in enumerate(specs)]
+        weights = [s.weight for s in specs]
+        tta: dict[str, Any] = {"flip": [] if config.tta.flip == "search" else list(config.tta.flip),
+                               "rot90": False if config.tta.rot90 == "search" else bool(config.tta.rot90)}
+        stage = cls(name, members, config.combine, weights, tta)
+        if config.tta.flip == "search" or config.tta.rot90 == "search" or config.combine == "fusion":
+            stage._search(config, ctx)
+        return stage
+
+    def _search(self, config: SegmentConfig, ctx: BuildContext) -> None:
+        """Choose TTA on out-of-fold cases (per-case Dice of the mean), then train the fusion."""
+        flip_union = sorted({a for m in self.members for a in trained_flip_axes(m.cfg, m.meta)})
+        rot_any = any(trained_rot_plane(m.cfg, m.meta) is not None for m in self.members)
+        flip_cands = ([list(c) for r in range(len(flip_union) + 1) for c in itertools.combinations(flip_union, r)]
+                      if config.tta.flip == "search" else [self.tta["flip"]])
+        rot_cands = ([False, True] if rot_any else [False]) if config.tta.rot90 == "search" else [self.tta["rot90"]]
+        cands = [(f, r) for r in rot_cands for f in flip_cands]
+        cases = list(ctx.validation_cases(self.members, self.labels))
+        if not cases:
+            raise ConfigError(f"stage {self.name}: no out-of-fold validation cases to search on (every case was "
+                              "used to train some member, or the runs have no cases.json).")
+        opts = RunOptions(device=ctx.device)
+        values = list(self._labels)
+        scores = {i: [] for i in range(len(cands))}
+        oof: list[list[np.ndarray]] = []
+        full_flip = flip_union if config.tta.flip == "search" else self.tta["flip"]
+        full_rot = rot_any if config.tta.rot90 == "search" else bool(self.tta["rot90"])
+        from delineo.evaluate.metrics import score_case
+
+        for vc in cases:
+            prepared = _Prepared(vc.case.images)
+            # per member and augmentation: out-of-fold probabilities on the preprocessed grid
+            per_aug: list[dict[Augmentation, np.ndarray]] = []
+            for i, m in enumerate(self.members):
+                x, rec = prepared.get(m)
+                got: dict[Augmentation, np.ndarray] = {}
+                for aug in augmentations(m.cfg, m.meta, full_flip, full_rot):
+                    acc = None
+                    for j in vc.folds[i]:
+                        p = aug.inverse(self.predictor(i, j, opts.device).predict_array(aug.forward(x)))
+                        acc = p if acc is None else acc + p
+                    got[aug] = acc / len(vc.folds[i])
+                per_aug.append(got)
+            case_oof = None
+            for ci, (flip, rot) in enumerate(cands):
+                mp = []
+                for i, m in enumerate(self.members):
+                    _, rec = prepared.get(m)
+                    wanted = augmentations(m.cfg, m.meta, flip, rot)
+                    mp.append(two_channel(restore(np.mean([per_aug[i][a] for a in wanted], axis=0), rec,
+                                                  probabilities=True)))
+                probs = np.mean(mp, axis=0) if self.combine != "weighted_mean" else self.combine_probs(mp)[0]
+                seg = mask_from_probs(probs, values, self.default_thresholds())
+                s = score_case(seg, vc.reference, vc.spacing, self.labels)
+                scores[ci].append(float(np.mean([s[n]["dice"] for n in self.labels.values()])))
+                if self.combine == "fusion":  # kept for training the fusion once TTA is chosen
+                    case_oof = case_oof if case_oof is not None else {}
+                    case_oof[ci] = mp
+            if case_oof is not None:
+                oof.append(case_oof)  # type: ignore[arg-type]
+        table = []
+        best = 0
+        for ci, (flip, rot) in enumerate(cands):
+            mean = float(np.mean(scores[ci]))
+            table.append({"candidate": f"flip {flip or 'none'}{' + rot90' if rot else ''}", "dice": mean,
+                          "n_cases": len(scores[ci])})
+            if mean > table[best]["dice"] + 1e-4:
+                best = ci
+        self.tta = {"flip": list(cands[best][0]), "rot90": bool(cands[best][1])}
+        if len(cands) > 1:
+            self.tables["tta"] = table
+            ctx.record(self.name, "tta", table)
+            log.info("stage %s: TTA %s chosen (%s)", self.name, table[best]["candidate"],
+                     ", ".join(f"{r['candidate']} {r['dice']:.4f}" for r in table))
+        if self.combine == "fusion":
+            member_probs = [case_oof[best] for case_oof in oof]
+            self.fusion = train_fusion(member_probs, [vc.reference for vc in cases], values, config.fusion_steps)
+            fused = []
+            for mp, vc in zip(member_probs, cases):
+                seg = mask_from_probs(fuse(mp, self.fusion), values)
+                s = score_case(seg, vc.reference, vc.spacing, self.labels)
+                fused.append(float(np.mean([s[n]["dice"] for n in self.labels.values()])))
+            rows = [{"candidate": "fusion (on its own training cases)", "dice": float(np.mean(fused)),
+                     "n_cases": len(fused)}]
+            for i, m in enumerate(self.members):
+                per = []
+                for mp, vc in zip(member_probs, cases):
+                    s = score_case(mask_from_probs(mp[i], values), vc.reference, vc.spacing, self.labels)
+                    per.append(float(np.mean([s[n]["dice"] for n in self.labels.values()])))
+                rows.append({"candidate": f"member {m.name}", "dice": float(np.mean(per)), "n_cases": len(per)})
+            self.tables["fusion"] = rows
+            ctx.record(self.name, "fusion", rows)
+
+
+def vote(member_probs: list[np.ndarray], values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Majority vote with the tie rule of the module docstring: (vote fractions, label map)."""
+    stack = np.stack(member_probs)  # (M, K, *S)
+    m, k = stack.shape[:2]
+    votes = np.zeros(stack.shape[1:], dtype=np.int32)
+    choice = stack.argmax(1)  # (M, *S)
+    for c in range(k):
+        votes[c] = (choice == c).sum(0)
+    mean = stack.mean(0)
+    top = votes.max(0)
+    # rank tied-on-votes channels by mean probability; exact ties go to the lower channel because
+    # argmax returns the first maximum and channels are in increasing label order (background first)
+    key = np.where(votes == top[None], mean, -1.0)
+    winner = key.argmax(0)
+    lut = np.array([0, *values], dtype=np.uint8)
+    return (votes / m).astype(np.float32), lut[winner]
+
+
+def fuse(member_probs: list[np.ndarray], fusion: Optional[dict[str, torch.Tensor]]) -> np.ndarray:
+    """Apply the learned 1x1 convolution: (M x (K, *S)) -> softmax (K, *S)."""
+    if fusion is None:
+        raise ConfigError("combine: fusion has no trained weights in this pipeline.")
+    x = torch.from_numpy(np.concatenate(member_probs).astype(np.float32))  # (M*K, *S)
+    w = fusion["weight"].float().reshape(fusion["weight"].shape[0], -1)
+    logits = torch.einsum("ok,k...->o...", w, x) + fusion["bias"].float().reshape(-1, *([1] * (x.dim() - 1)))
+    return torch.softmax(logits, 0).numpy()
+
+
+def train_fusion(member_probs: list[list[np.ndarray]], references: list[np.ndarray], values: list[int],
+                 steps: int = 300, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fit the fusion on out-of-fold probabilities (cases x members x (K, *S)) by cross-entropy.
+
+    Starts from the mean of the members (identity blocks); full-batch Adam over every voxel of
+    every case (a fixed random subset of 2 million voxels when there are more)."""
+    g = torch.Generator().manual_seed(seed)
+    k = member_probs[0][0].shape[0]
+    m = len(member_probs[0])
+    lut = np.zeros(256, dtype=np.int64)
+    for i, v in enumerate(values):
+        lut[v] = i + 1
+    xs = torch.cat([torch.from_numpy(np.concatenate(mp).reshape(m * k, -1).astype(np.float32)) for mp in member_probs],
+                   dim=1)  # (M*K, N)
+    ys = torch.cat([torch.from_numpy(lut[np.asarray(r, dtype=np.int64)].reshape(-1)) for r in references])
+    if xs.shape[1] > 2_000_000:  # bound the cost: a fixed random subset of voxels
+        idx = torch.randperm(xs.shape[1], generator=g)[:2_000_000]
+        xs, ys = xs[:, idx], ys[idx]
+    w = torch.zeros(k, m * k)
+    for i in range(m):
+        w[:, i * k:(i + 1) * k] = torch.eye(k) * (4.0 / m)
+    w.requires_grad_(True)
+    b = torch.zeros(k, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = (w @ xs + b[:, None]).T
+        loss = torch.nn.functional.cross_entropy(logits, ys)
+        loss.backward()
+        opt.step()
+    log.info("fusion trained on %d voxels, final loss %.4f", xs.shape[1], float(loss))
+    return {"weight": w.detach().reshape(k, m * k, 1), "bias": b.detach()}
