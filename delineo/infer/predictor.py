@@ -23,6 +23,7 @@ from delineo.io.image import Image
 from delineo.modelfile.checkpoint import ModelMeta, load_checkpoint  # noqa: F401  (re-exported)
 from delineo.postprocess.components import postprocess_labels
 from delineo.preprocess.pipeline import GeometryRecord, preprocess, restore
+from delineo.preprocess.region import RegionRecord, unrestrict
 from delineo.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,12 @@ class Predictor:
                 seg = values[seg]
         return postprocess_labels(seg, self.cfg.postprocess)
 
-    def predict_preprocessed(self, image: np.ndarray, record: GeometryRecord) -> tuple[np.ndarray, np.ndarray]:
+    def predict_preprocessed(self, image: np.ndarray, record: GeometryRecord,
+                             region: Optional[RegionRecord] = None) -> tuple[np.ndarray, np.ndarray]:
         """(label map, probabilities) on the input grid from a preprocessed case."""
         probs = self.predict_array(image)
+        if region is not None:  # restricted to an organ (preprocess.region): back to the whole grid, kept inside it
+            probs = unrestrict(probs, region)
         probs_orig = restore(probs, record, probabilities=True)
         return self.labels_from_probs(probs_orig), probs_orig
 
@@ -123,6 +127,9 @@ class Predictor:
                 f"{images[0].meta.get('path', 'input')}: the model expects {len(self.meta.channels)} "
                 f"channel(s) ({', '.join(self.meta.channels)}), got {len(images)}."
             )
+        if self.cfg.preprocess.region is not None:
+            raise InputError(f"{self.cfg.name}: this model was trained on images restricted to an organ "
+                             "(preprocess.region); run it as a cascade stage of a pipeline that segments the organ first.")
         x, _, record = preprocess(images, None, self.cfg.preprocess)
         seg, probs = self.predict_preprocessed(x, record)
         ref = images[0]

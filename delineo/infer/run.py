@@ -16,7 +16,7 @@ from typing import Optional
 from tqdm import tqdm
 
 from delineo.errors import InputError
-from delineo.infer.predictor import Predictor
+from delineo.infer.loaders import load_predictor
 from delineo.io.export import FORMATS, write_prediction
 from delineo.io.files import IMAGE_SUFFIXES, case_name, image_suffix, is_image_file, read_image, write_image
 from delineo.io.image import Image
@@ -89,7 +89,7 @@ def output_path(job: Job, output: Path, single: bool, fmt: Optional[str]) -> Pat
 
 def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bool = False, tta: bool = False,
                   device: str = "auto", progress: bool = True, fmt: Optional[str] = None,
-                  series: Optional[str] = None, anonymise: bool = False) -> list[Path]:
+                  series: Optional[str] = None, anonymise: bool = False, uncertainty: Optional[str] = None) -> list[Path]:
     """Predict every image under ``input_path``; return the written mask paths.
 
     ``fmt`` is one of nifti, nrrd, dicom-seg, rtstruct, overlay (default: the input's format,
@@ -97,13 +97,13 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
     """
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"--format {fmt}: unknown format (choose one of {', '.join(FORMATS)}).")
-    predictor = Predictor.from_checkpoint(model, device=device, tta=tta)
+    predictor = load_predictor(model, device=device, tta=tta, uncertainty=uncertainty)  # checkpoint or .delineo
     input_path, output = Path(input_path), Path(output)
     jobs = _jobs(input_path, series)
     single = len(jobs) == 1 and (input_path.is_file() or jobs[0].source.is_dir())
     if not single and image_suffix(output):
         raise InputError(f"{output}: a folder input needs an output folder, not a file name.")
-    n_ch = len(predictor.meta.channels)
+    n_ch = len(predictor.channels)
     if n_ch > 1:
         jobs = group_channels(jobs, n_ch)
         single = len(jobs) == 1 and input_path.is_file()
@@ -118,18 +118,20 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
             raise InputError(f"{job.source}: format {fmt} needs a DICOM series as input, not a {image_suffix(job.source)} file.")
     if anonymise and fmt in ("dicom-seg", "rtstruct", "overlay"):
         raise InputError(f"--anonymise: format {fmt} must carry the patient's identifiers; use nifti or nrrd.")
-    model_name = f"{predictor.cfg.name} ({Path(str(model)).name})"
+    model_name = f"{predictor.name} ({Path(str(model)).name})"
     written = []
     for job in tqdm(jobs, desc="predict", unit="case", disable=not progress or single):
         t0 = time.perf_counter()
-        mask, probs = predictor.predict_images(job.images)
+        mask, probs, extras = predictor.predict(job.images)
         out = output_path(job, output, single, fmt if fmt or job.source.is_dir() else None)
         if fmt is None and not job.source.is_dir():
             write_image(mask, out)  # same format as the input file
         else:
-            out = write_prediction(mask, job.image, out, fmt or "nifti", predictor.meta.labels,
+            out = write_prediction(mask, job.image, out, fmt or "nifti", predictor.labels,
                                    model_name=model_name, anonymise=anonymise)
-        if probabilities or predictor.cfg.infer.save_probabilities:
+        for key, extra in extras.items():  # e.g. a pipeline's --uncertainty map, beside the mask
+            write_image(extra, out.with_name(case_name(out) + f"_{key}" + (image_suffix(out) or ".nii.gz")))
+        if probabilities or predictor.save_probabilities:
             suffix = image_suffix(out) or ".nii.gz"
             prob_out = out.with_name(case_name(out) + "_probabilities" + suffix)
             write_image(probs, prob_out)

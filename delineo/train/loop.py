@@ -39,6 +39,7 @@ from delineo.infer.predictor import Predictor, build_model, pick_device
 from delineo.modelfile.checkpoint import ModelMeta, read_checkpoint_file, save_checkpoint
 from delineo.losses import deep_supervised
 from delineo import precision as mixed
+from delineo.preprocess.region import region_axes
 from delineo.registry import LOSSES, OPTIMIZERS, SCHEDULES
 from delineo.train.classify import MONITOR, class_targets, validate_classifier
 from delineo.train.optim import set_momentum
@@ -131,7 +132,8 @@ class Trainer:
         train_ids, val_ids = fold_cases(self.splits, self.fold)
         self.train_cases = [by_id[i] for i in train_ids]
         self.val_cases = [by_id[i] for i in val_ids]
-        self.cache = CaseCache(self.cache_root, cfg.preprocess, self.dataset.labels)
+        self.cache = CaseCache(self.cache_root, cfg.preprocess, self.dataset.labels,
+                               region_axes(cfg.sampling.mode, cfg.sampling.axis))
         if d.main:
             t0 = time.perf_counter()
             self.cache.prepare(self.train_cases + self.val_cases, progress=self.show)
@@ -325,7 +327,7 @@ class Trainer:
         case_means = []
         for case in tqdm(self.val_cases, desc="validate", unit="case", leave=False, disable=not self.show):
             cached = self.cache.load(case)
-            seg, _ = predictor.predict_preprocessed(np.asarray(cached.image), cached.record)
+            seg, _ = predictor.predict_preprocessed(np.asarray(cached.image), cached.record, cached.region)
             ref = self._reference(case)
             dices = []
             for value, name in self.meta.labels.items():
