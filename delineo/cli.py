@@ -62,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("predict", help="segment new scans with a trained model")
-    p.add_argument("model", type=Path, help="checkpoint (.pt) or run folder")
+    p.add_argument("model", type=Path, help="checkpoint (.pt), run folder or .delineo pipeline file")
     p.add_argument("input", type=Path, help="image file (.nii, .nii.gz, .nrrd, .mha) or a folder of them")
     p.add_argument("output", type=Path, help="output file (single input) or folder")
     p.add_argument("--probabilities", action="store_true", help="also write the class probabilities")
+    p.add_argument("--uncertainty", choices=["variance", "entropy"], default=None,
+                   help=".delineo pipelines: also write a per-voxel uncertainty map (across augmentations and members)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (mirroring)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--format", dest="fmt", choices=["nifti", "nrrd", "dicom-seg", "rtstruct", "overlay"], default=None,
@@ -220,6 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from delineo.infer.run import predict_paths
 
     written = predict_paths(args.model, args.input, args.output, probabilities=args.probabilities,
+                            uncertainty=args.uncertainty,
                             tta=args.tta, device=args.device, progress=not args.quiet, fmt=args.fmt,
                             series=args.series, anonymise=args.anonymise)
     for path in written:

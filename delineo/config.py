@@ -198,6 +198,8 @@ class TrainConfig(Strict):
     iterations_per_epoch: int = Field(50, ge=1)
     val_every: int = Field(1, ge=1)
     snapshot_epochs: list[int] = Field(default_factory=list, description="epochs whose validation predictions are kept (best is always kept)")
+    snapshot_every: Optional[int] = Field(None, ge=1, description="also keep the validation predictions of every N-th epoch")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="also keep checkpoints/epoch_N.pt after every N-th epoch")
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="validations without improvement")
     seed: int = 0
     device: str = "auto"
