@@ -43,6 +43,21 @@ class DataSource(Strict):
     label_column: str = "label"
     id_column: Optional[str] = None
     group_column: Optional[str] = None
+    patient_pattern: Optional[str] = Field(
+        None, description="regular expression on the case id whose first group is the patient (e.g. "
+                          "'^(pgbm\\d+)_' for pgbm003_19950329), so splits keep a patient's studies together")
+
+    @field_validator("patient_pattern")
+    @classmethod
+    def _regex(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            import re
+
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"'{value}' is not a valid regular expression ({exc})") from None
+        return value
 
 
 class DataConfig(Strict):
@@ -52,6 +67,8 @@ class DataConfig(Strict):
     seed: int = 0
     stratify: bool = Field(True, description="stratify folds by the group column when there is one")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="patients held out of every fold")
+    val_fraction: Optional[float] = Field(None, gt=0.0, lt=1.0, description="one seeded split by patient "
+                                          "instead of k folds (0.2: 80/20); it is fold 0, and 'folds' is ignored")
     max_cases: Optional[int] = Field(None, ge=2, description="use only the first N cases (quick runs)")
 
 

@@ -123,6 +123,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         ds = _csv(path, src.channels, src.label_column, src.id_column, src.group_column)
     else:
         ds = _hdf5(path)
+    if src.patient_pattern:
+        _patients_from_ids(ds.cases, src.patient_pattern, path)
     if cfg.labels:
         ds.labels = {int(k): v for k, v in cfg.labels.items() if int(k) != 0}
     if cfg.max_cases:
@@ -130,6 +132,17 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if len(ds.cases) < 2:
         raise InputError(f"{path}: needs at least 2 labelled cases, found {len(ds.cases)}.")
     return ds
+
+
+def _patients_from_ids(cases: list[Case], pattern: str, source: Path) -> None:
+    """Set each case's patient from ``pattern`` (its first group, or the whole match)."""
+    regex = re.compile(pattern)
+    for case in cases:
+        m = regex.search(case.case_id)
+        if m is None:
+            raise InputError(f"{source}: case id '{case.case_id}' does not match data.source.patient_pattern "
+                             f"'{pattern}'.")
+        case.patient = m.group(1) if regex.groups else m.group(0)
 
 
 def _msd(root: Path) -> Dataset:

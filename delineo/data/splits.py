@@ -16,7 +16,7 @@ from delineo.io.atomic import write_text_atomic
 
 
 def make_splits(cases: list[Case], folds: int, seed: int = 0, stratify: bool = True,
-                test_fraction: float = 0.0) -> dict:
+                test_fraction: float = 0.0, val_fraction: Optional[float] = None) -> dict:
     """``{"test": [...], "folds": [{"train": [...], "val": [...]}, ...]}`` of case ids.
 
     Patients (not cases) are assigned to folds; with groups, each group is dealt round-robin
@@ -38,6 +38,8 @@ def make_splits(cases: list[Case], folds: int, seed: int = 0, stratify: bool = T
         n_test = max(1, round(len(order) * test_fraction))
         test_patients, order = order[:n_test], order[n_test:]
         test = sorted(cid for p in test_patients for cid in patients[p])
+    if val_fraction:
+        return holdout_split(patients, order, val_fraction, seed, test)
     if len(order) < folds:
         raise InputError(f"{folds} folds need at least {folds} patients, the dataset has {len(order)}.")
     assign: dict[str, int] = {}
@@ -62,8 +64,23 @@ def make_splits(cases: list[Case], folds: int, seed: int = 0, stratify: bool = T
     return result
 
 
+def holdout_split(patients: dict[str, list[str]], order: list[str], val_fraction: float, seed: int,
+                  test: list[str]) -> dict:
+    """One split (fold 0) of the shuffled patients: round(fraction x patients), at least one and
+    at most all but one, validate; a patient's cases stay on one side (the 80/20 splitter of the
+    brain-tumour pipeline, grouped by patient)."""
+    if len(order) < 2:
+        raise InputError(f"a {1 - val_fraction:.0%}/{val_fraction:.0%} split needs at least 2 patients, "
+                         f"the dataset has {len(order)}.")
+    n_val = min(len(order) - 1, max(1, round(len(order) * val_fraction)))
+    val_patients = set(order[:n_val])
+    val = sorted(cid for p in order if p in val_patients for cid in patients[p])
+    train = sorted(cid for p in order if p not in val_patients for cid in patients[p])
+    return {"seed": seed, "test": test, "folds": [{"train": train, "val": val}]}
+
+
 def load_or_make_splits(path: Path, cases: list[Case], folds: int, seed: int, stratify: bool,
-                        test_fraction: float) -> dict:
+                        test_fraction: float, val_fraction: Optional[float] = None) -> dict:
     """Reuse ``path`` when it exists and covers exactly these cases; write it otherwise."""
     ids = {c.case_id for c in cases}
     if path.is_file():
@@ -75,7 +92,7 @@ def load_or_make_splits(path: Path, cases: list[Case], folds: int, seed: int, st
             f"{path}: the saved splits do not match the dataset's cases "
             f"({len(known ^ ids)} differ); delete it to make new splits."
         )
-    splits = make_splits(cases, folds, seed, stratify, test_fraction)
+    splits = make_splits(cases, folds, seed, stratify, test_fraction, val_fraction)
     write_text_atomic(path, json.dumps(splits, indent=1))
     return splits
 

@@ -182,8 +182,20 @@ def normalise(stack: np.ndarray, presets: list[IntensityConfig]) -> np.ndarray:
         raise InputError(f"preprocess.intensity has {len(presets)} presets for {stack.shape[0]} channels.")
     out = np.empty_like(stack, dtype=np.float32)
     for c in range(stack.shape[0]):
-        out[c] = normalise_channel(stack[c], presets[c if len(presets) > 1 else 0])
+        preset = presets[c if len(presets) > 1 else 0]
+        if preset.preset in ("window", "imagenet"):  # delineo.preprocess.intensity
+            out[c] = _extra_intensity(stack[c], preset, c, stack.shape[0])
+        else:
+            out[c] = normalise_channel(stack[c], preset)
     return out
+
+
+def _extra_intensity(x: np.ndarray, p: IntensityConfig, channel: int, n_channels: int) -> np.ndarray:
+    from delineo.preprocess import intensity
+
+    if p.preset == "window":
+        return intensity.window(x, *(p.window or (-1000.0, 1000.0)))
+    return intensity.imagenet(x, channel, n_channels, p.window[1] if p.window else None)
 
 
 def normalise_channel(x: np.ndarray, p: IntensityConfig) -> np.ndarray:
