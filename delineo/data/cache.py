@@ -24,6 +24,7 @@ from delineo.data.sources import Case
 from delineo.errors import InputError
 from delineo.io.atomic import atomic_path, write_text_atomic
 from delineo.preprocess.pipeline import GeometryRecord, preprocess
+from delineo.preprocess.region import RegionRecord, restrict, restrict_label
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,28 @@ class CachedCase:
     label: Optional[np.ndarray]  # (*S) uint8 class indices 0..K (label values in sorted order), memory-mapped
     record: GeometryRecord
     fg_coords: dict[int, np.ndarray]  # label value -> (N, 3) int coordinates
+    region: Optional[RegionRecord] = None  # preprocess.region: the organ box (image and label are restricted to it)
 
 
-def cache_key(cfg: PreprocessConfig, labels: dict[int, str] | None = None) -> str:
-    text = json.dumps([cfg.model_dump(mode="json"), sorted((labels or {}).items())], sort_keys=True)
+def cache_key(cfg: PreprocessConfig, labels: dict[int, str] | None = None,
+              region_axes: Optional[tuple[int, ...]] = None) -> str:
+    parts = [cfg.model_dump(mode="json"), sorted((labels or {}).items())]
+    if cfg.region is not None:
+        parts.append(list(region_axes or (0, 1, 2)))
+    text = json.dumps(parts, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 class CaseCache:
     """Preprocess-once store under ``root/<settings hash>/<case>.*``."""
 
-    def __init__(self, root: Path, cfg: PreprocessConfig, labels: dict[int, str]) -> None:
+    def __init__(self, root: Path, cfg: PreprocessConfig, labels: dict[int, str],
+                 region_axes: Optional[tuple[int, ...]] = None) -> None:
         self.cfg = cfg
         self.labels = labels
-        self.dir = Path(root) / cache_key(cfg, labels)
+        #: with preprocess.region, the axes its square box and size apply to (delineo.preprocess.region.region_axes)
+        self.region_axes = tuple(region_axes) if region_axes is not None else (0, 1, 2)
+        self.dir = Path(root) / cache_key(cfg, labels, self.region_axes)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def _paths(self, case_id: str) -> tuple[Path, Path, Path]:
@@ -79,6 +88,9 @@ class CaseCache:
         if label is None:
             raise InputError(f"{case.case_id}: no label file, but training needs one.")
         image, seg, record = preprocess(images, label, self.cfg, case.case_id)
+        region = None
+        if self.cfg.region is not None:
+            image, seg, region = self._restrict(image, seg, record, case)
         values = np.unique(seg)
         allowed = set(self.labels) | {0}
         bad = [int(v) for v in values if int(v) not in allowed]
@@ -108,15 +120,46 @@ class CaseCache:
             with atomic_path(path, suffix=".npy") as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, arr)
+        if region is not None:
+            with atomic_path(self._organ_path(case.case_id), suffix=".npy") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, region.organ.astype(np.uint8))
         # the JSON is written last: its presence marks a complete entry
-        write_text_atomic(meta_p, json.dumps({"fingerprint": case.fingerprint(), "record": record.to_dict(), "fg": fg}))
+        entry = {"fingerprint": case.fingerprint(), "record": record.to_dict(), "fg": fg}
+        if region is not None:
+            entry["region"] = region.to_dict()
+        write_text_atomic(meta_p, json.dumps(entry))
+
+    def _organ_path(self, case_id: str) -> Path:
+        return self.dir / f"{case_id}_organ.npy"
+
+    def _restrict(self, image: np.ndarray, seg: np.ndarray, record: GeometryRecord,
+                  case: Case) -> tuple[np.ndarray, np.ndarray, RegionRecord]:
+        """preprocess.region at training time: the image restricted to the REFERENCE organ
+        (the label values of ``region.labels``); organ values that are not among the trained
+        labels (e.g. liver, for a lesion model) become background."""
+        rc = self.cfg.region
+        organ = np.isin(seg, rc.labels)
+        if not organ.any():
+            raise InputError(f"{case.label}: no voxel of the organ labels {rc.labels} (preprocess.region.labels), "
+                             "so this case has no region to train on.")
+        image, region = restrict(image, organ, record.spacing, rc.margin_mm, self.region_axes, rc.square, rc.size,
+                                 rc.background, rc.clahe, case.case_id)
+        seg = restrict_label(seg, region)
+        organ_only = [v for v in rc.labels if v not in self.labels]
+        if organ_only:
+            seg = np.where(np.isin(seg, organ_only), 0, seg).astype(seg.dtype)
+        return image, seg, region
 
     def load(self, case: Case) -> CachedCase:
         img_p, seg_p, meta_p = self._paths(case.case_id)
         meta = json.loads(meta_p.read_text())
         fg = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3) for k, v in meta["fg"].items()}
+        region = None
+        if "region" in meta:
+            region = RegionRecord.from_dict(meta["region"], np.load(self._organ_path(case.case_id)).astype(bool))
         return CachedCase(case.case_id, np.load(img_p, mmap_mode="r"), np.load(seg_p, mmap_mode="r"),
-                          GeometryRecord.from_dict(meta["record"]), fg)
+                          GeometryRecord.from_dict(meta["record"]), fg, region)
 
 
 def default_cache_root() -> Path:

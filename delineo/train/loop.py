@@ -43,6 +43,7 @@ from delineo.preprocess.region import region_axes
 from delineo.registry import LOSSES, OPTIMIZERS, SCHEDULES
 from delineo.train.classify import MONITOR, class_targets, validate_classifier
 from delineo.train.optim import set_momentum
+from delineo.track.tracker import NullTracker, start_tracker
 from delineo.sampling.patches import PatchSampler, default_patch_size
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,9 @@ class Trainer:
             write_text_atomic(self.run_dir / "cases.json", json.dumps(
                 {"fold": self.fold, "train": [c.case_id for c in self.train_cases],
                  "val": [c.case_id for c in self.val_cases]}, indent=1))
+        # the experiment database (rank 0 only; never raises, never blocks an epoch)
+        self.tracker = (start_tracker(self.run_dir, cfg.to_dict(), self.fold, self.resume, self.exp_dir.parent)
+                        if d.main else NullTracker())
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("%s: %s with %.2f M parameters, %s patches %s, %d train / %d val cases, device %s x%d",
                  self.run_dir, cfg.model.get("name"), n_params / 1e6, s.mode, meta.patch_size,
@@ -373,7 +377,8 @@ class Trainer:
             last_epoch = st.epoch + 1 >= tc.epochs
             over_time = bool(tc.max_minutes) and st.elapsed + (time.perf_counter() - t0) >= tc.max_minutes * 60
             if d.main and self.val_cases and ((st.epoch + 1) % tc.val_every == 0 or last_epoch or over_time):
-                is_snapshot = st.epoch in tc.snapshot_epochs
+                is_snapshot = st.epoch in tc.snapshot_epochs or bool(tc.snapshot_every and
+                                                                     (st.epoch + 1) % tc.snapshot_every == 0)
                 tmp_dir = self.run_dir / "predictions" / ".candidate"
                 dirs = [tmp_dir] + ([self.run_dir / "predictions" / f"epoch_{st.epoch:04d}"] if is_snapshot else [])
                 metrics = self.validate(dirs)
@@ -403,7 +408,10 @@ class Trainer:
                 if row.get("best") or not self.val_cases:
                     self._save(self.run_dir / "checkpoints" / "best.pt", ckpt)
                 self._save(self.run_dir / "checkpoints" / "last.pt", ckpt)
+                if tc.checkpoint_every and st.epoch % tc.checkpoint_every == 0:
+                    self._save(self.run_dir / "checkpoints" / f"epoch_{st.epoch:04d}.pt", ckpt)
                 self._write_log()
+                self.tracker.epoch(row, st.epoch)  # st.epoch: epochs done, the database's 1-based epoch
             over = timed and st.elapsed >= tc.max_minutes * 60
             bar.update((bar.total - bar.n if over else min(row["seconds"] / 60, bar.total - bar.n)) if timed else 1)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", dice=f"{row.get('val_dice', float('nan')):.3f}")
@@ -413,6 +421,7 @@ class Trainer:
             if stop:
                 break
         bar.close()
+        self.tracker.close("finished")
         d.barrier()
         return self.run_dir
 
@@ -472,4 +481,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def train(cfg: ExperimentConfig, runs_root: Path, fold: Optional[int] = 0, resume: bool = False,
           cache_root: Optional[Path] = None, progress: bool = True) -> Path:
     """Train one fold (``None``: all non-test cases, no validation) and return its run folder."""
-    return Trainer(cfg, runs_root, fold, resume, cache_root, progress).run()
+    trainer = Trainer(cfg, runs_root, fold, resume, cache_root, progress)
+    try:
+        return trainer.run()
+    except BaseException as exc:  # the session's status says how it ended
+        getattr(trainer, "tracker", NullTracker()).close("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
