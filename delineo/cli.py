@@ -53,12 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set train.epochs=3")
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation after training")
+    p.add_argument("--db", default=None, help="experiment database: SQLite file or postgresql:// URL, 'off' for none "
+                                              "(default: DELINEO_DB or RUNS/delineo.db)")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="score a run folder, or a folder of predictions against references")
     p.add_argument("target", type=Path, help="run folder, or folder of predicted masks")
     p.add_argument("references", type=Path, nargs="?", help="folder of reference masks (with a predictions folder)")
     p.add_argument("--out", type=Path, default=None, help="output folder for metrics (folder mode)")
+    p.add_argument("--aggregate", default=None, metavar="NAMES",
+                   help="aggregations, comma-separated: mean_per_case, pooled, per_slice (default: all)")
+    p.add_argument("--lesions", default=None, metavar="SPEC",
+                   help="lesion-wise metrics: 'off', or settings such as connectivity=6,min_size=3,min_overlap=0.5")
+    p.add_argument("--hd95", choices=["pooled", "max_directed"], default=None,
+                   help="HD95 definition: pooled (MedPy, default) or max_directed (MONAI)")
     _add_common(p)
 
     p = sub.add_parser("predict", help="segment new scans with a trained model")
@@ -162,6 +170,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from delineo.train.loop import train
 
     cfg = load_config(args.experiment, args.overrides)
+    if args.db:  # the training loop's tracker reads it (every torchrun rank parses the same arguments)
+        import os
+
+        os.environ["DELINEO_DB"] = args.db
     fold_arg = str(args.fold).lower()
     folds: list[Optional[int]]
     if fold_arg == "all":
@@ -179,6 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             from delineo.evaluate.run import evaluate_run
 
             summary = evaluate_run(run_dir, progress=not args.quiet)
+            from delineo.track.tracker import record_evaluation
+
+            record_evaluation(run_dir, args.runs)
             if cfg.train.task == "classification":
                 print(f"{run_dir}: validation F1 {summary.get('f1', float('nan')):.4f}, balanced accuracy "
                       f"{summary.get('balanced_accuracy', float('nan')):.4f}; metrics {run_dir / 'metrics'}")
@@ -206,13 +221,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.references is None:
         from delineo.evaluate.run import evaluate_run
 
-        summary = evaluate_run(args.target, progress=not args.quiet)
+        summary = evaluate_run(args.target, progress=not args.quiet,
+                               options={"aggregate": args.aggregate, "lesions": args.lesions, "hd95": args.hd95})
         print(f"{args.target}: mean Dice {summary['mean_dice']:.4f}; report {Path(args.target) / 'report.html'}")
         return 0
+    from delineo.evaluate.options import evaluate_options
     from delineo.evaluate.table import evaluate_folders
 
     out = args.out or Path(args.target).parent / "evaluation"
-    summary = evaluate_folders(args.target, args.references, None, out)
+    summary = evaluate_folders(args.target, args.references, None, out,
+                               evaluate_options(None, args.aggregate, args.lesions, args.hd95))
     print(f"{args.target}: mean Dice {summary['mean_dice']:.4f} over {summary['n_cases']} cases; "
           f"metrics in {out / 'metrics'}")
     return 0
