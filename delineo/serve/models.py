@@ -1,0 +1,182 @@
+"""The models the viewer offers: found once in the ``--models`` folder, loaded on first use.
+
+A request names a model by an id the server made from its place in the folder, never by a path,
+and nothing uploaded is ever loaded as a model: models come only from the folder the operator
+chose when starting the server. Checkpoints are read with Delineo's safe loader (tensors and
+plain values, no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from delineo.errors import InputError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class ModelEntry:
+    id: str
+    name: str
+    path: Path
+    kind: str  # "run" | "checkpoint" | "pipeline"
+    labels: dict[int, str] = field(default_factory=dict)
+    colors: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    error: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "kind": self.kind, "error": self.error,
+                "labels": [{"value": v, "name": n, "color": list(self.colors.get(v, (255, 0, 0)))}
+                           for v, n in sorted(self.labels.items())]}
+
+
+def _id(rel: str) -> str:
+    return hashlib.sha1(rel.encode()).hexdigest()[:16]
+
+
+class ModelLibrary:
+    """Models under ``root``: run folders (``checkpoints/best.pt``), ``.pt`` files, ``.delineo`` files."""
+
+    def __init__(self, root: str | Path | None) -> None:
+        self.root = Path(root).expanduser().resolve() if root else None
+        self._entries: dict[str, ModelEntry] = {}
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.scan()
+
+    def scan(self) -> list[ModelEntry]:
+        found: dict[str, ModelEntry] = {}
+        if self.root and self.root.is_dir():
+            for path in sorted(self.root.rglob("*")):
+                rel = path.relative_to(self.root)
+                if len(rel.parts) > 6 or any(p.startswith(".") for p in rel.parts):
+                    continue
+                kind = None
+                if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
+                    kind = "run"
+                elif path.is_file() and path.suffix == ".pt" and path.parent.name != "checkpoints":
+                    kind = "checkpoint"
+                elif path.is_file() and path.suffix == ".delineo":
+                    kind = "pipeline"
+                if kind:
+                    entry = ModelEntry(_id(str(rel)), str(rel), path, kind)
+                    self._describe(entry)
+                    found[entry.id] = entry
+        self._entries = found
+        return list(found.values())
+
+    def _describe(self, entry: ModelEntry) -> None:
+        from delineo.io.export import resolve_colors
+
+        try:
+            if entry.kind == "pipeline":
+                labels = _pipeline_labels(entry.path)
+            else:
+                from delineo.modelfile.checkpoint import load_checkpoint
+
+                ckpt = load_checkpoint(entry.path)
+                labels = {int(k): str(v) for k, v in ckpt["meta"]["labels"].items()}
+            entry.labels = labels
+            entry.colors = resolve_colors(labels)
+        except Exception as exc:  # a broken file is listed with its reason, not fatal for the server
+            entry.error = str(exc)
+            log.warning("model %s: %s", entry.path, exc)
+
+    def list(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def get(self, mid: str) -> ModelEntry:
+        entry = self._entries.get(str(mid))
+        if entry is None:
+            raise LookupError(f"model '{str(mid)[:40]}' does not exist.")
+        if entry.error:
+            raise InputError(f"model {entry.name}: {entry.error}")
+        return entry
+
+    def predictor(self, entry: ModelEntry) -> Any:
+        """The loaded model (cached; loading is serialised so two jobs never load it twice)."""
+        with self._lock:
+            if entry.id not in self._loaded:
+                if entry.kind == "pipeline":
+                    self._loaded[entry.id] = _load_pipeline(entry.path)
+                else:
+                    from delineo.infer.predictor import Predictor
+
+                    self._loaded[entry.id] = Predictor.from_checkpoint(entry.path, device="cpu")
+            return self._loaded[entry.id]
+
+    def segment(self, entry: ModelEntry, image: Any, progress: Progress) -> np.ndarray:
+        """The label mask of ``image`` (a Delineo Image) on its own grid."""
+        progress(0.1, "loading model")
+        model = self.predictor(entry)
+        progress(0.3, "segmenting")
+        if entry.kind == "pipeline":
+            mask = _run_pipeline(model, image)
+        else:
+            mask, _ = model.predict_images([image])
+        progress(0.9, "saving mask")
+        return np.asarray(mask.array if hasattr(mask, "array") else mask).astype(np.uint8)
+
+    def explain(self, entry: ModelEntry, image_path: Path, out_dir: Path, method: str, label: int | None,
+                progress: Progress) -> Path:
+        """A heat map of ``method`` for ``label`` in the image's geometry (NIfTI path)."""
+        if entry.kind == "pipeline":
+            raise InputError(f"model {entry.name}: explanations need a single network (a run folder or checkpoint).")
+        from delineo.explain.api import METHODS
+        from delineo.explain.run import explain_scan
+
+        spec = METHODS.get(method)
+        if spec is None or spec.kind == "synthetic":
+            raise InputError(f"explain method '{str(method)[:40]}' is not one of {', '.join(explain_methods())}.")
+        layer = None
+        if spec.needs_layer:
+            from delineo.explain.layers import conv_layers
+
+            layer = default_layer(conv_layers(self.predictor(entry).model))
+        progress(0.2, f"explaining ({method})")
+        report = explain_scan(entry.path, image_path, out_dir, method, label=label, layer=layer)
+        return Path(report["map"])
+
+
+def default_layer(convs: list[str]) -> str:
+    """Grad-CAM-type methods: the deepest encoder convolution (coarse but class-discriminative)."""
+    enc = [c for c in convs if "enc" in c or "down" in c or "bottleneck" in c]
+    pool = enc or convs
+    if not pool:
+        raise InputError("the model has no convolution layer to explain.")
+    return pool[-1]
+
+
+def explain_methods() -> list[str]:
+    """Methods the viewer offers: those that map the scan (not activation maximisation)."""
+    from delineo.explain.api import METHODS
+
+    return [m for m, spec in METHODS.items() if spec.kind != "synthetic"]
+
+
+def _pipeline_labels(path: Path) -> dict[int, str]:
+    from delineo.modelfile import pipeline_file  # type: ignore[attr-defined]
+
+    info = pipeline_file.read_info(path) if hasattr(pipeline_file, "read_info") else {}
+    return {int(k): str(v) for k, v in dict(info.get("labels", {})).items()}
+
+
+def _load_pipeline(path: Path) -> Any:
+    from delineo.modelfile import pipeline_file  # type: ignore[attr-defined]
+
+    return pipeline_file.load_pipeline(path)
+
+
+def _run_pipeline(pipeline: Any, image: Any) -> Any:
+    out = pipeline.predict_images([image]) if hasattr(pipeline, "predict_images") else pipeline([image])
+    return out[0] if isinstance(out, tuple) else out

@@ -1,0 +1,239 @@
+"""The viewer's HTTP API through the ASGI test client: upload, list, run, poll, correct, approve,
+export, and the refusals (no token, traversal, oversize, unknown types, stale edits)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from delineo.serve.app import Settings, create_app  # noqa: E402
+from delineo.serve.jobs import Busy, JobQueue  # noqa: E402
+from delineo.serve.store import Workspace  # noqa: E402
+
+from .serve_fixtures import CASE, hippocampus_dicom_zip, serve_models  # noqa: F401,E402
+
+
+def client(tmp: Path, models: Path | None = None, **kw) -> TestClient:
+    app = create_app(Settings(workspace=tmp, models=models, **kw))
+    c = TestClient(app)
+    c.headers["Authorization"] = f"Bearer {app.state.token}"
+    c.headers["X-Delineo-User"] = "Dr Test"
+    return c
+
+
+def upload(c: TestClient, path: Path, name: str | None = None):
+    return c.post("/api/studies", files={"files": (name or path.name, path.read_bytes())})
+
+
+def wait_job(c: TestClient, jid: str, timeout: float = 60) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        job = c.get(f"/api/jobs/{jid}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {jid} did not finish")
+
+
+def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    img = nib.Nifti1Image(array.astype(np.uint8), affine)
+    return gzip.compress(img.to_bytes())
+
+
+def test_token_is_required(tmp_path):
+    app = create_app(Settings(workspace=tmp_path))
+    c = TestClient(app)
+    r = c.get("/api/studies")
+    assert r.status_code == 401 and "token" in r.json()["detail"]
+    assert c.get("/api/studies", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/").status_code == 401
+    assert c.get("/static/niivue.umd.js").status_code == 401
+    r = c.get(f"/?token={app.state.token}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert "httponly" in r.headers["set-cookie"].lower()
+    # the cookie set by the first page load authorises the page, its assets and the API
+    page = c.get("/")
+    assert page.status_code == 200 and "niivue.umd.js" in page.text
+    assert c.get("/static/niivue.umd.js").status_code == 200
+    assert c.get("/api/studies").json() == []
+
+
+def test_upload_run_correct_approve_export_nifti(tmp_path, serve_models):
+    c = client(tmp_path / "ws", serve_models)
+    models = c.get("/api/models").json()
+    assert [m["name"] for m in models] == ["hippo-tiny/fold_0"]
+    assert [(l["value"], l["name"]) for l in models[0]["labels"]] == [(1, "Anterior"), (2, "Posterior")]
+
+    r = upload(c, CASE)
+    assert r.status_code == 201, r.text
+    study = r.json()
+    assert study["status"] == "ready" and study["shape"] == [35, 51, 35] and study["modality"] == "MR"
+    assert [s["id"] for s in c.get("/api/studies").json()] == [study["id"]]
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(c.get(f"/api/studies/{study['id']}/image.nii.gz").content))
+    ref = nib.load(str(CASE))
+    np.testing.assert_allclose(img.affine, ref.affine)
+    np.testing.assert_allclose(np.asarray(img.dataobj), np.asarray(ref.dataobj), atol=1e-4)
+
+    r = c.post(f"/api/studies/{study['id']}/run", json={"model": models[0]["id"]})
+    assert r.status_code == 202 and r.json()["state"] in ("queued", "running")
+    job = wait_job(c, r.json()["id"])
+    assert job["state"] == "done", job["message"]
+    mid = job["result"]["mask"]
+    mask = c.get(f"/api/studies/{study['id']}/masks/{mid}").json()
+    assert mask["status"] == "draft" and [v["version"] for v in mask["versions"]] == [1]
+    assert mask["versions"][0]["who"] == "model hippo-tiny/fold_0 (run by Dr Test)"
+
+    v1 = nib.Nifti1Image.from_bytes(gzip.decompress(
+        c.get(f"/api/studies/{study['id']}/masks/{mid}/versions/1/mask.nii.gz").content))
+    arr = np.asarray(v1.dataobj).astype(np.uint8)
+    assert arr.shape == (35, 51, 35) and arr.any()
+    rows = c.get(f"/api/studies/{study['id']}/masks/{mid}/components").json()
+    assert sum(r["voxels"] for r in rows) == int(np.count_nonzero(arr))
+    assert all(r["volume_ml"] == pytest.approx(r["voxels"] / 1000, abs=1e-4) for r in rows)  # 1 mm voxels
+
+    base = f"/api/studies/{study['id']}/masks/{mid}"
+    assert c.get(f"{base}/export?format=nifti").status_code == 409  # not approved yet
+    edited = arr.copy()
+    edited[:] = 0
+    edited[10:14, 20:25, 15:18] = 1  # one 4x5x3 box: 60 voxels, diameter sqrt(3^2+4^2+2^2)
+    body = nifti_bytes(edited, v1.affine)
+    r = c.post(f"{base}/versions?parent=1", content=body)
+    assert r.status_code == 201, r.text
+    assert [v["who"] for v in r.json()["versions"]][-1] == "Dr Test"
+    r = c.post(f"{base}/versions?parent=1", content=body)  # based on an outdated version
+    assert r.status_code == 409 and "version 2 was saved since" in r.json()["detail"]
+    bad = edited.copy()
+    bad[0, 0, 0] = 7
+    r = c.post(f"{base}/versions?parent=2", content=nifti_bytes(bad, v1.affine))
+    assert r.status_code == 400 and "[7]" in r.json()["detail"]
+    rows = c.get(f"{base}/components").json()
+    assert len(rows) == 1 and rows[0]["voxels"] == 60 and rows[0]["diameter_mm"] == pytest.approx(29 ** 0.5, abs=0.01)
+    assert rows[0]["centre_voxel"] in [[11, 22, 16], [12, 22, 16], [11, 22, 17], [12, 22, 17]]
+
+    assert c.post(f"{base}/status", json={"status": "approved", "version": 1}).status_code == 409
+    r = c.post(f"{base}/status", json={"status": "approved", "version": 2})
+    assert r.status_code == 200 and r.json()["status"] == "approved"
+    assert r.json()["events"][-1]["who"] == "Dr Test"
+    r = c.get(f"{base}/export?format=nifti")
+    assert r.status_code == 200
+    out = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
+    np.testing.assert_array_equal(np.asarray(out.dataobj), edited)
+    np.testing.assert_allclose(out.affine, ref.affine)
+    # a NIfTI study has no DICOM headers to reference: one sentence, not a crash
+    r = c.get(f"{base}/export?format=dicom-seg")
+    assert r.status_code == 400 and "DICOM source series" in r.json()["detail"]
+    # every version stays on disk
+    assert sorted(p.name for p in (tmp_path / "ws" / "studies" / study["id"] / "masks" / mid).glob("v*.nii.gz")) == [
+        "v001.nii.gz", "v002.nii.gz"]
+
+    # a restarted server shows the same studies, masks and history
+    c2 = client(tmp_path / "ws", serve_models)
+    assert [s["id"] for s in c2.get("/api/studies").json()] == [study["id"]]
+    again = c2.get(base).json()
+    assert again["status"] == "approved" and len(again["versions"]) == 2 and again["events"][0]["version"] == 2
+    assert c2.get(f"/api/jobs/{job['id']}").json()["state"] == "done"
+
+
+def test_dicom_zip_to_dicom_seg_and_rtstruct(tmp_path, serve_models, hippocampus_dicom_zip):
+    import highdicom as hd
+    import pydicom
+
+    c = client(tmp_path / "ws", serve_models)
+    r = upload(c, hippocampus_dicom_zip)
+    assert r.status_code == 201, r.text
+    study = r.json()
+    assert study["kind"] == "dicom" and study["shape"] == [35, 51, 35] and len(study["series"]) == 1
+    model = c.get("/api/models").json()[0]["id"]
+    job = wait_job(c, c.post(f"/api/studies/{study['id']}/run", json={"model": model}).json()["id"])
+    assert job["state"] == "done", job["message"]
+    base = f"/api/studies/{study['id']}/masks/{job['result']['mask']}"
+    assert c.post(f"{base}/status", json={"status": "approved", "version": 1}).status_code == 200
+    arr = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(c.get(f"{base}/versions/1/mask.nii.gz").content)).dataobj)
+
+    r = c.get(f"{base}/export?format=dicom-seg")
+    assert r.status_code == 200, r.text
+    seg = hd.seg.segread(io.BytesIO(r.content))
+    names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
+    present = sorted(int(v) for v in np.unique(arr) if v)
+    assert sorted(names.values()) == sorted({1: "Anterior", 2: "Posterior"}[v] for v in present)
+    assert seg.StudyInstanceUID == pydicom.dcmread(next((tmp_path / "ws" / "studies" / study["id"]).rglob("*.dcm")),
+                                                   stop_before_pixels=True).StudyInstanceUID
+    r = c.get(f"{base}/export?format=rtstruct")
+    assert r.status_code == 200
+    rt = pydicom.dcmread(io.BytesIO(r.content))
+    assert rt.Modality == "RTSTRUCT" and len(rt.StructureSetROISequence) == len(present)
+
+
+def test_hostile_uploads_are_refused(tmp_path):
+    c = client(tmp_path / "ws", max_upload_mb=0.05)
+    # path traversal inside a ZIP
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../../evil.dcm", b"\0" * 128 + b"DICM")
+    r = c.post("/api/studies", files={"files": ("study.zip", buf.getvalue())})
+    assert r.status_code == 400 and "outside" in r.json()["detail"]
+    assert not (tmp_path / "evil.dcm").exists() and not list((tmp_path / "ws").rglob("evil.dcm"))
+    assert c.get("/api/studies").json() == []
+    # oversize: refused while it arrives
+    r = c.post("/api/studies", files={"files": ("big.nii.gz", b"\0" * 100_000)})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    # unknown file types
+    r = c.post("/api/studies", files={"files": ("run.sh", b"echo hi")})
+    assert r.status_code == 400 and "unsupported file type" in r.json()["detail"]
+    r = c.post("/api/studies", files={"files": ("x.nii.gz", b"not an image")})
+    assert r.status_code == 400 and "x.nii.gz" in r.json()["detail"]
+    assert c.get("/api/studies").json() == []
+    # ids, not paths
+    for url in ("/api/studies/..%2F..%2Fetc/image.nii.gz", "/api/studies/../../etc/passwd",
+                "/static/..%2Fapp.py", "/api/studies/0123456789abcdef/image.nii.gz"):
+        assert c.get(url).status_code == 404, url
+    r = c.post("/api/studies/0123456789abcdef/run", json={"model": "../../../tmp/x.pt"})
+    assert r.status_code == 404
+
+
+def test_zip_bomb_is_refused(tmp_path):
+    c = client(tmp_path / "ws", max_upload_mb=1)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.dcm", b"\0" * (50 << 20))  # 50 MB of zeros packs to ~50 kB
+    assert len(buf.getvalue()) < 1 << 20
+    r = c.post("/api/studies", files={"files": ("bomb.zip", buf.getvalue())})
+    assert r.status_code == 400, r.text
+    assert c.get("/api/studies").json() == []
+
+
+def test_queue_is_bounded_and_says_busy(tmp_path):
+    q = JobQueue(Workspace(tmp_path), workers=1, max_queued=2)
+    gate = threading.Event()
+    jobs = [q.submit("segment", "s", {}, lambda p: (gate.wait(10), {})[1]) for _ in range(3)]
+    time.sleep(0.2)
+    states = [q.get(j["id"]) for j in jobs]
+    assert [s["state"] for s in states] == ["running", "queued", "queued"]
+    assert states[2]["message"] == "busy, queued: 1 job(s) ahead, 1 running" and states[2]["queue_position"] == 2
+    with pytest.raises(Busy):
+        q.submit("segment", "s", {}, lambda p: {})
+    gate.set()
+    t0 = time.time()
+    while any(q.get(j["id"])["state"] != "done" for j in jobs) and time.time() - t0 < 10:
+        time.sleep(0.02)
+    assert all(q.get(j["id"])["state"] == "done" for j in jobs)
+
+
+def test_interrupted_jobs_are_marked_after_restart(tmp_path):
+    ws = Workspace(tmp_path)
+    ws.save_job({"id": "00000000000000aa", "kind": "segment", "study": "s", "params": {}, "state": "running",
+                 "progress": 0.3, "message": "segmenting", "submitted": "2026-01-01T00:00:00+00:00"})
+    q = JobQueue(ws)
+    job = q.get("00000000000000aa")
+    assert job["state"] == "interrupted" and "run it again" in job["message"]
