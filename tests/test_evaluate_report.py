@@ -90,9 +90,10 @@ def test_write_report_contains_cases_and_embedded_images(tmp_path):
     assert "Run &lt;1&gt; &amp; co" in text and "<1>" not in text
     assert sorted(loaded) == ["case_best", "case_mid", "case_worst"]  # only the examples are loaded
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(images) == 5  # learning curves, box plot, best, median and worst overlays
+    assert len(images) == 7  # learning curves, box plot, 2 volume plots, best, median and worst overlays
     assert all(base64.b64decode(data)[:8] == PNG_MAGIC for data in images)
-    for name in ("learning_curves", "dice_box", "overlay_best", "overlay_median", "overlay_worst"):
+    for name in ("learning_curves", "dice_box", "overlay_best", "overlay_median", "overlay_worst",
+                 "volume_scatter", "volume_bland_altman"):
         assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     assert "liver" in text and "hd95" in text and "n_undefined" in text
 
@@ -103,4 +104,4 @@ def test_write_report_without_log_and_missing_images(tmp_path):
     out = write_report(tmp_path, rows, summarise(rows), {}, title="no images")
     text = out.read_text()
     assert "only" in text and "Learning curves" not in text
-    assert len(re.findall(r"data:image/png;base64,", text)) == 1  # just the box plot
+    assert len(re.findall(r"data:image/png;base64,", text)) == 3  # the box plot and the two volume plots

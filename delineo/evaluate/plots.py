@@ -187,3 +187,113 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     log.debug("wrote %s", out_png)
     return out_png
+
+
+def plot_detection_by_size(lesion_summary: dict[str, dict[str, dict[str, Any]]], out_png: str | Path) -> Path:
+    """Lesion detection rate (recall) per size bracket, one bar group per label, with the number
+    of reference lesions in each bracket written on its bar (a rate over 2 lesions is not a rate
+    over 200)."""
+    labels = list(lesion_summary)
+    brackets = [b for b in (next(iter(lesion_summary.values()), {}) or {}) if b != "all"]
+    fig = Figure(figsize=(max(5.0, 1.4 * len(brackets) + 2), 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(labels))
+    x = np.arange(len(brackets))
+    for n, label in enumerate(labels):
+        rates = [lesion_summary[label][b]["recall"] for b in brackets]
+        counts = [lesion_summary[label][b]["n_ref"] for b in brackets]
+        heights = [r if r is not None else 0.0 for r in rates]
+        bars = ax.bar(x + n * width, heights, width, label=label, color=_COLOURS[n % len(_COLOURS)])
+        for bar, rate, count in zip(bars, rates, counts):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02,
+                    f"n={count}" if rate is not None else "none", ha="center", fontsize="x-small")
+    ax.set_xticks(x + width * (len(labels) - 1) / 2, brackets, fontsize="small")
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("lesion detection rate (recall)")
+    ax.set_xlabel("reference lesion size")
+    ax.grid(True, axis="y", alpha=0.3)
+    if labels:
+        ax.legend(fontsize="small")
+    return _save(fig, out_png)
+
+
+def _volumes(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    per: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        vp, vr = row.get("volume_pred_ml"), row.get("volume_ref_ml")
+        if vp is not None and vr is not None:
+            per.setdefault(str(row["label"]), []).append((float(vr), float(vp)))
+    return {k: (np.array([a for a, _ in v]), np.array([b for _, b in v])) for k, v in per.items()}
+
+
+def plot_bland_altman(rows: Sequence[dict[str, Any]], out_png: str | Path) -> Path:
+    """Bland-Altman plot of case volumes: difference (predicted - reference, ml) against their
+    mean, with the mean difference (bias) and the 95 % limits of agreement (bias +/- 1.96 SD)."""
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for n, (label, (vr, vp)) in enumerate(_volumes(rows).items()):
+        colour = _COLOURS[n % len(_COLOURS)]
+        mean, diff = (vr + vp) / 2, vp - vr
+        ax.scatter(mean, diff, s=14, color=colour, label=label)
+        bias = float(diff.mean())
+        ax.axhline(bias, color=colour, linestyle="-", linewidth=1)
+        if diff.size > 1:
+            sd = float(diff.std(ddof=1))
+            for lim in (bias - 1.96 * sd, bias + 1.96 * sd):
+                ax.axhline(lim, color=colour, linestyle="--", linewidth=0.8)
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.set_xlabel("mean of predicted and reference volume (ml)")
+    ax.set_ylabel("predicted - reference volume (ml)")
+    ax.set_title("Bland-Altman: bias (solid), 95 % limits of agreement (dashed)", fontsize="small")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _save(fig, out_png)
+
+
+def plot_volume_scatter(rows: Sequence[dict[str, Any]], out_png: str | Path) -> Path:
+    """Predicted against reference volume per case (ml), with the identity line."""
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    top = 0.0
+    for n, (label, (vr, vp)) in enumerate(_volumes(rows).items()):
+        ax.scatter(vr, vp, s=14, color=_COLOURS[n % len(_COLOURS)], label=label)
+        top = max(top, float(vr.max(initial=0)), float(vp.max(initial=0)))
+    top = top * 1.05 or 1.0
+    ax.plot([0, top], [0, top], color="k", linewidth=0.8, linestyle=":")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("reference volume (ml)")
+    ax.set_ylabel("predicted volume (ml)")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _save(fig, out_png)
+
+
+def plot_entropy_profile(entropy: Sequence[float], threshold: float, foreground: Sequence[bool],
+                         out_png: str | Path, title: str) -> Path:
+    """Slice entropy (bits) against slice index, the filter threshold, and foreground slices marked."""
+    entropy = np.asarray(entropy, dtype=np.float64)
+    fg = np.asarray(foreground, dtype=bool)
+    idx = np.arange(entropy.size)
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot(idx, entropy, color="tab:blue", marker=".", label="slice entropy")
+    ax.axhline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g} bits")
+    if fg.any():
+        ax.scatter(idx[fg], entropy[fg], s=40, facecolors="none", edgecolors="tab:green", label="foreground slice",
+                   zorder=3)
+    kept = int((entropy > threshold).sum())
+    ax.set_title(f"{title}: {kept}/{entropy.size} slices above threshold, {int(fg.sum())} with foreground",
+                 fontsize="small")
+    ax.set_xlabel("slice index")
+    ax.set_ylabel("entropy (bits)")
+    ax.set_ylim(0, max(8.2, float(entropy.max(initial=0)) + 0.2))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    return _save(fig, out_png)

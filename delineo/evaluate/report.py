@@ -16,8 +16,15 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from delineo.evaluate.metrics import METRICS
-from delineo.evaluate.plots import plot_dice_box, plot_learning_curves, plot_overlay
+from delineo.evaluate.plots import (
+    plot_bland_altman,
+    plot_detection_by_size,
+    plot_dice_box,
+    plot_learning_curves,
+    plot_overlay,
+    plot_volume_scatter,
+)
+from delineo.evaluate.table import metric_columns
 from delineo.io.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -46,13 +53,17 @@ def write_report(
     images: ImageSource,
     title: str,
     labels: dict[int, str] | None = None,
+    lesion_rows: Sequence[dict[str, Any]] | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` and its figures under ``run_dir/plots/``; return the HTML path.
 
     Sections: summary statistics per label and metric (from :func:`~delineo.evaluate.table.summarise`),
     learning curves when ``run_dir/log.csv`` exists, the per-case Dice box plot, overlays of the
     best, median and worst cases by mean Dice over labels, and the full per-case table. ``labels``
-    (value -> name) only names the contours of the overlays.
+    (value -> name) only names the contours of the overlays. When the summary holds them
+    (:func:`~delineo.evaluate.table.summarise_full`): the HD95 definition, one table per named
+    aggregation, lesion metrics by size with the detection-rate plot, volume agreement plots;
+    and the training-slice filter counts when ``run_dir/slice_filter.json`` exists.
     """
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
@@ -68,7 +79,31 @@ def write_report(
         "Undefined values (e.g. a distance to an empty mask) are excluded from statistics and counted "
         "in <i>n_undefined</i>.</p>"
     )
-    parts += ["<h2>Summary</h2>", _summary_table(summary)]
+    hd = summary.get("hd95_definition")
+    if hd:
+        parts.append(f"<p>HD95 definition: <b>{_e(hd['name'])}</b> ({_e(hd['description'])}); "
+                     "<i>hd95_pooled</i> and <i>hd95_max_directed</i> give both.</p>")
+    parts += ["<h2>Summary (mean per case)</h2>", _summary_table(summary)]
+    for name, agg in (summary.get("aggregations") or {}).items():
+        parts += [f"<h3>Aggregation: {_e(name)}</h3>", f"<p>{_e(agg['description'])}</p>", _aggregation_table(agg)]
+    lesions = summary.get("lesions")
+    if lesions:
+        rules = lesions.get("rules", {})
+        parts += ["<h2>Lesions</h2>", "<p>Lesions are connected components "
+                  f"(connectivity {_e(rules.get('connectivity') or 'full')}, minimum size {_e(rules.get('min_size', 0))} "
+                  f"voxels); a reference lesion is detected when {_lesion_rule(rules)}; a predicted lesion touching "
+                  "no reference voxel is a false positive. Recall counts reference lesions, precision predicted "
+                  "lesions (merged and split lesions counted on each side). Pooled over cases; the lesion table is "
+                  "<code>metrics/lesions.csv</code>.</p>", _lesion_table(lesions["labels"])]
+        png = plot_detection_by_size(lesions["labels"], plots / "lesion_detection_by_size.png")
+        parts.append(_figure(png, "Lesion detection rate by reference lesion size"))
+    if any(r.get("volume_ref_ml") is not None for r in rows):
+        parts.append("<h2>Volumes</h2>")
+        parts.append(_figure(plot_volume_scatter(rows, plots / "volume_scatter.png"), "Predicted vs reference volume"))
+        parts.append(_figure(plot_bland_altman(rows, plots / "volume_bland_altman.png"), "Bland-Altman of case volumes"))
+    slice_filter = run_dir / "slice_filter.json"
+    if slice_filter.is_file():
+        parts += ["<h2>Training-slice filter</h2>", _slice_filter_table(slice_filter)]
 
     log_csv = run_dir / "log.csv"
     if log_csv.is_file():
@@ -120,11 +155,57 @@ def _example_cases(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, float
     return out
 
 
+def _lesion_rule(rules: dict[str, Any]) -> str:
+    frac = float(rules.get("min_overlap") or 0)
+    return "any of its voxels is predicted" if frac == 0 else f"at least {frac:.0%} of its voxels are predicted"
+
+
+def _aggregation_table(agg: dict[str, Any]) -> str:
+    labels = agg.get("labels", {})
+    metrics: list[str] = []
+    for values in labels.values():
+        metrics += [m for m in values if m not in metrics and not m.endswith("_n_undefined")]
+    head = "".join(f"<th>{_e(m)}</th>" for m in metrics)
+    lines = [f"<table><tr><th>label</th>{head}</tr>"]
+    for label, values in labels.items():
+        cells = "".join(f"<td>{_fmt(values.get(m))}</td>" for m in metrics)
+        lines.append(f'<tr><td class="t">{_e(label)}</td>{cells}</tr>')
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _lesion_table(by_label: dict[str, dict[str, dict[str, Any]]]) -> str:
+    cols = ("n_ref", "n_detected", "recall", "n_pred", "n_correct", "precision", "f1", "fp", "fp_per_case")
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    lines = [f"<table><tr><th>label</th><th>size</th>{head}</tr>"]
+    for label, brackets in by_label.items():
+        for name, stats in brackets.items():
+            cells = "".join(f"<td>{_fmt(stats.get(c))}</td>" for c in cols)
+            lines.append(f'<tr><td class="t">{_e(label)}</td><td class="t">{_e(name)}</td>{cells}</tr>')
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _slice_filter_table(path: Path) -> str:
+    import json
+
+    data = json.loads(path.read_text())
+    lines = [f"<p>Training slices only (validation and test use every slice); filters combined with "
+             f"<b>{_e(data.get('combine', 'all'))}</b>.</p>",
+             "<table><tr><th>filter</th><th>slices kept</th><th>of</th><th>share</th></tr>"]
+    total = int(data.get("total", 0))
+    for name, kept in (data.get("kept") or {}).items():
+        share = kept / total if total else None
+        lines.append(f'<tr><td class="t">{_e(name)}</td><td>{int(kept)}</td><td>{total}</td><td>{_fmt(share)}</td></tr>')
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
 def _summary_table(summary: dict[str, Any]) -> str:
     head = "".join(f"<th>{s}</th>" for s in _SUMMARY_STATS)
     lines = [f"<table><tr><th>label</th><th>metric</th>{head}</tr>"]
     for label, metrics in summary.get("labels", {}).items():
-        for metric in METRICS:
+        for metric in metrics:
             stats = metrics.get(metric)
             if stats is None:
                 continue
@@ -135,10 +216,11 @@ def _summary_table(summary: dict[str, Any]) -> str:
 
 
 def _cases_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{_e(m)}</th>" for m in METRICS)
+    columns = metric_columns(rows)
+    head = "".join(f"<th>{_e(m)}</th>" for m in columns)
     lines = [f"<table><tr><th>case</th><th>label</th>{head}</tr>"]
     for row in rows:
-        cells = "".join(f"<td>{_fmt(row.get(m))}</td>" for m in METRICS)
+        cells = "".join(f"<td>{_fmt(row.get(m))}</td>" for m in columns)
         lines.append(f'<tr><td class="t">{_e(row["case"])}</td><td class="t">{_e(row["label"])}</td>{cells}</tr>')
     lines.append("</table>")
     return "\n".join(lines)

@@ -16,16 +16,21 @@ from tqdm import tqdm
 from delineo.config import load_config
 from delineo.data.sources import load_dataset, output_channels, reference_for, segmenter_labels
 from delineo.errors import InputError
-from delineo.evaluate.metrics import score_case
+from delineo.evaluate.lesions import write_lesion_table
 from delineo.evaluate.report import write_report
-from delineo.evaluate.table import rows_from_scores, summarise, write_cases_csv, write_summary_json
+from delineo.evaluate.scoring import score_case_full
+from delineo.evaluate.table import LESIONS_CSV, summarise, summarise_full, write_cases_csv, write_summary_json
 from delineo.io.files import read_image
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool = True) -> dict[str, Any]:
-    """Score ``run_dir/predictions/<predictions>`` and write metrics, plots and report."""
+def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool = True,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score ``run_dir/predictions/<predictions>`` and write metrics, plots and report.
+
+    Settings come from the experiment's ``evaluate:`` section; ``options`` (``aggregate``,
+    ``lesions``, ``hd95`` as on the command line, see :mod:`delineo.evaluate.options`) override it."""
     run_dir = Path(run_dir)
     cfg_path, cases_path = run_dir / "config.yaml", run_dir / "cases.json"
     if not cfg_path.is_file() or not cases_path.is_file():
@@ -45,6 +50,11 @@ def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool 
     by_id = {c.case_id: c for c in dataset.cases}
     labels = segmenter_labels(dataset.labels, output_channels(cfg.model, dataset.labels))
     rows: list[dict[str, Any]] = []
+    lesion_rows: list[dict[str, Any]] = []
+    from delineo.evaluate.options import evaluate_options
+
+    options = evaluate_options(cfg.evaluate, **(options or {}))
+    axis = cfg.sampling.axis if options.slice_axis is None else options.slice_axis
     for cid in tqdm(val_ids, desc="evaluate", unit="case", leave=False, disable=not progress):
         pred_path = pred_dir / f"{cid}.nii.gz"
         if not pred_path.is_file():
@@ -52,9 +62,14 @@ def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool 
         images, ref = by_id[cid].load()
         pred = read_image(pred_path)
         ref_array = reference_for(ref.array, dataset.labels, labels)
-        rows += rows_from_scores(cid, score_case(np.asarray(pred.array), ref_array, ref.spacing, labels))
-    summary = summarise(rows)
+        case_rows, case_lesions = score_case_full(np.asarray(pred.array), ref_array, ref.spacing, labels, options,
+                                                  ref.affine, cid, axis)
+        rows += case_rows
+        lesion_rows += case_lesions
+    summary = summarise_full(rows, lesion_rows, options)
     write_cases_csv(rows, run_dir / "metrics" / "cases.csv")
+    if options.lesions.enabled:
+        write_lesion_table(lesion_rows, run_dir / LESIONS_CSV)
     write_summary_json(summary, run_dir / "metrics" / "summary.json")
 
     def loader(cid: str):
@@ -62,7 +77,8 @@ def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool 
         return (np.asarray(images[0].array), reference_for(ref.array, dataset.labels, labels),
                 np.asarray(read_image(pred_dir / f"{cid}.nii.gz").array))
 
-    write_report(run_dir, rows, summary, loader, f"{cfg.name} - {run_dir.name}", labels)
+    write_report(run_dir, rows, summary, loader, f"{cfg.name} - {run_dir.name}", labels,
+                 lesion_rows=lesion_rows if options.lesions.enabled else None)
     log.info("%s: mean Dice %.4f over %d cases", run_dir, summary.get("mean_dice") or float("nan"), len(val_ids))
     return summary
 

@@ -1,8 +1,10 @@
 """Per-case metric tables, their summary statistics, and evaluation of two folders of label maps.
 
 A *row* is one (case, label) pair: ``{"case": str, "label": str, <metric>: float | int | None}``
-with the metrics of :data:`delineo.evaluate.metrics.METRICS`. Rows are the single exchange format
-between scoring, CSV files, summaries, plots and the HTML report.
+with the metrics of :data:`delineo.evaluate.metrics.METRICS` first, then any extra columns
+(:mod:`delineo.evaluate.scoring`: WMH set, F-beta, per-slice Dice, lesion counts) in the order
+they first appear. Rows are the single exchange format between scoring, CSV files, summaries,
+plots and the HTML report.
 
 Undefined values (``None``, see :mod:`delineo.evaluate.metrics`) are left out of every
 statistic and counted in ``n_undefined`` instead, so that an empty prediction neither inflates
@@ -17,7 +19,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -27,13 +29,28 @@ from delineo.evaluate.metrics import METRICS, score_case
 from delineo.io.atomic import write_text_atomic
 from delineo.io.files import case_name, is_image_file, read_image
 
+if TYPE_CHECKING:
+    from delineo.config import EvaluateConfig
+
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
 CASES_CSV = Path("metrics") / "cases.csv"
 SUMMARY_JSON = Path("metrics") / "summary.json"
+LESIONS_CSV = Path("metrics") / "lesions.csv"
 _COUNT_METRICS = frozenset({"tp", "fp", "fn"})
+_TEXT_COLUMNS = frozenset({"case", "label", "fold"})
+
+
+def metric_columns(rows: Iterable[Row]) -> list[str]:
+    """:data:`METRICS` then every other non-text column of ``rows``, in order of first appearance."""
+    extra: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key not in _TEXT_COLUMNS and key not in METRICS:
+                extra.setdefault(key, None)
+    return [*METRICS, *extra]
 
 
 def rows_from_scores(case: str, scores: dict[str, dict[str, float | None]]) -> list[Row]:
@@ -44,11 +61,15 @@ def rows_from_scores(case: str, scores: dict[str, dict[str, float | None]]) -> l
 def write_cases_csv(rows: Iterable[Row], path: str | Path) -> Path:
     """Write one line per (case, label) atomically; undefined values are empty cells."""
     path = Path(path)
+    rows = list(rows)
+    columns = metric_columns(rows)
+    with_fold = any("fold" in row for row in rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "label", *METRICS])
+    writer.writerow(["case", "label", *columns, *(["fold"] if with_fold else [])])
     for row in rows:
-        writer.writerow([row["case"], row["label"], *(_cell(row.get(m)) for m in METRICS)])
+        writer.writerow([row["case"], row["label"], *(_cell(row.get(m)) for m in columns),
+                         *([row.get("fold", "")] if with_fold else [])])
     write_text_atomic(path, buffer.getvalue())
     return path
 
@@ -66,9 +87,11 @@ def read_cases_csv(path: str | Path) -> list[Row]:
         rows = []
         for raw in reader:
             row: Row = {"case": raw["case"], "label": raw["label"]}
-            for metric in METRICS:
+            for metric in (c for c in reader.fieldnames or () if c not in _TEXT_COLUMNS):
                 text = (raw.get(metric) or "").strip()
-                row[metric] = None if not text else (int(text) if metric in _COUNT_METRICS else float(text))
+                row[metric] = None if not text else _number(text, metric in _COUNT_METRICS)
+            if raw.get("fold"):
+                row["fold"] = raw["fold"]
             rows.append(row)
     return rows
 
@@ -84,11 +107,12 @@ def summarise(rows: Sequence[Row]) -> dict[str, Any]:
     """
     values: dict[str, dict[str, list[float]]] = {}
     undefined: dict[str, dict[str, int]] = {}
+    columns = metric_columns(rows)
     for row in rows:
         label = str(row["label"])
-        per_metric = values.setdefault(label, {m: [] for m in METRICS})
-        per_undefined = undefined.setdefault(label, {m: 0 for m in METRICS})
-        for metric in METRICS:
+        per_metric = values.setdefault(label, {m: [] for m in columns})
+        per_undefined = undefined.setdefault(label, {m: 0 for m in columns})
+        for metric in columns:
             value = row.get(metric)
             if value is None or (isinstance(value, float) and not math.isfinite(value)):
                 per_undefined[metric] += 1
@@ -117,8 +141,21 @@ def score_folders(
     pred_dir: str | Path,
     ref_dir: str | Path,
     labels: dict[int, str] | None = None,
+    options: "EvaluateConfig | None" = None,
 ) -> list[Row]:
-    """Score every reference case against the prediction of the same case name.
+    """Per-case rows of :func:`score_folders_full` (without the lesion table)."""
+    return score_folders_full(pred_dir, ref_dir, labels, options)[0]
+
+
+def score_folders_full(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    labels: dict[int, str] | None = None,
+    options: "EvaluateConfig | None" = None,
+) -> tuple[list[Row], list[Row]]:
+    """Score every reference case against the prediction of the same case name; return the
+    per-case rows and the lesion-table rows (:func:`delineo.evaluate.scoring.score_case_full`,
+    settings from ``options``, the experiment file's ``evaluate:`` section).
 
     Every reference file needs a prediction (InputError otherwise); extra predictions are
     ignored with a warning. Pairs must share the voxel grid (shape and affine): metrics on
@@ -139,7 +176,14 @@ def score_folders(
     if extra:
         log.warning("%d prediction(s) without reference ignored: %s", len(extra), ", ".join(extra[:5]))
 
-    scores: dict[str, dict[int, dict[str, float | None]]] = {}
+    from delineo.config import EvaluateConfig
+    from delineo.evaluate.scoring import score_case_full
+
+    options = options or EvaluateConfig()
+    axis = 2 if options.slice_axis is None else options.slice_axis
+    scores: dict[str, dict[int, Row]] = {}
+    n_slices: dict[str, int] = {}
+    lesion_rows: list[Row] = []
     seen: set[int] = set()
     for case in tqdm(sorted(refs), desc="Evaluating", unit="case", disable=None):
         ref_path, pred_path = refs[case], preds[case]
@@ -163,20 +207,24 @@ def score_folders(
             case_labels = {v: _default_name(v) for v in present}
         else:
             case_labels = {v: name for v, name in labels.items() if v > 0}
-        by_name = score_case(pred, ref, ref_img.spacing, case_labels)
+        case_rows, case_lesions = score_case_full(pred, ref, ref_img.spacing, case_labels, options,
+                                                  ref_img.affine, case, axis)
+        by_name = {row["label"]: row for row in case_rows}
         scores[case] = {v: by_name[name] for v, name in case_labels.items()}
+        n_slices[case] = 1 if ref.ndim == 2 else int(ref.shape[axis])
+        lesion_rows += case_lesions
         log.debug("%s: %s", case, {n: m["dice"] for n, m in by_name.items()})
 
     if labels is None:
         labels = {v: _default_name(v) for v in sorted(seen)}
         log.info("labels inferred from the data: %s", labels)
-    empty = _both_empty_scores()
     rows: list[Row] = []
     for case in sorted(scores):
         for value, name in sorted(labels.items()):
             if value > 0:
-                rows.append({"case": case, "label": name, **scores[case].get(value, empty)})
-    return rows
+                row = scores[case].get(value) or {**_both_empty_scores(options), "n_slices": n_slices[case]}
+                rows.append({**row, "case": case, "label": name})
+    return rows, lesion_rows
 
 
 def evaluate_folders(
@@ -184,17 +232,32 @@ def evaluate_folders(
     ref_dir: str | Path,
     labels: dict[int, str] | None,
     out_dir: str | Path,
+    options: "EvaluateConfig | None" = None,
+    report: bool = True,
 ) -> dict[str, Any]:
-    """Score ``pred_dir`` against ``ref_dir`` (see :func:`score_folders`) and write the tables.
+    """Score ``pred_dir`` against ``ref_dir`` (see :func:`score_folders_full`) and write the tables.
 
-    Writes ``out_dir/metrics/cases.csv`` and ``out_dir/metrics/summary.json`` and returns the
-    summary of :func:`summarise`.
+    Writes ``out_dir/metrics/cases.csv``, ``metrics/lesions.csv`` (when lesions are on),
+    ``metrics/summary.json`` (with the aggregations of ``options.aggregate``) and, with
+    ``report``, ``out_dir/report.html`` without overlays; returns the summary.
     """
+    from delineo.config import EvaluateConfig
+
+    options = options or EvaluateConfig()
     out_dir = Path(out_dir)
-    rows = score_folders(pred_dir, ref_dir, labels)
-    summary = summarise(rows)
+    rows, lesion_rows = score_folders_full(pred_dir, ref_dir, labels, options)
+    summary = summarise_full(rows, lesion_rows, options)
     write_cases_csv(rows, out_dir / CASES_CSV)
+    if options.lesions.enabled:
+        from delineo.evaluate.lesions import write_lesion_table
+
+        write_lesion_table(lesion_rows, out_dir / LESIONS_CSV)
     write_summary_json(summary, out_dir / SUMMARY_JSON)
+    if report:
+        from delineo.evaluate.report import write_report
+
+        write_report(out_dir, rows, summary, {}, f"{Path(pred_dir).name} vs {Path(ref_dir).name}",
+                     lesion_rows=lesion_rows if options.lesions.enabled else None)
     log.info(
         "evaluated %d case(s), mean Dice %s; tables in %s",
         summary["n_cases"],
@@ -233,10 +296,35 @@ def _default_name(value: int) -> str:
     return f"label_{value}"
 
 
-def _both_empty_scores() -> dict[str, float | None]:
-    """Scores of a label absent from both masks (identical for every grid and spacing)."""
-    empty = np.zeros((1,), dtype=bool)
-    return score_case(empty, empty, (1.0,), {1: "x"})["x"]
+def _both_empty_scores(options: "EvaluateConfig | None" = None) -> dict[str, Any]:
+    """Scores of a label absent from both masks (identical for every grid and spacing, except
+    ``n_slices``, which the caller sets)."""
+    from delineo.evaluate.scoring import score_case_full
+
+    empty = np.zeros((1, 1), dtype=bool)
+    row = score_case_full(empty, empty, (1.0, 1.0), {1: "x"}, options)[0][0]
+    return {k: v for k, v in row.items() if k not in ("case", "label")}
+
+
+def summarise_full(rows: Sequence[Row], lesion_rows: Sequence[Row], options: "EvaluateConfig") -> dict[str, Any]:
+    """:func:`summarise` plus the named aggregations, the HD95 definition in use and, with
+    lesions on, pooled lesion metrics by size bracket (``summary["lesions"]``)."""
+    from delineo.evaluate.aggregate import aggregate
+    from delineo.evaluate.distances import HD95
+    from delineo.evaluate.lesions import summarise_lesions
+
+    summary = summarise(rows)
+    summary["hd95_definition"] = {"name": options.hd95, "description": HD95.get(options.hd95).description}
+    summary["aggregations"] = aggregate(rows, options.aggregate)
+    if options.lesions.enabled:
+        n_cases: dict[str, int] = {}
+        for row in rows:
+            n_cases[str(row["label"])] = n_cases.get(str(row["label"]), 0) + 1
+        summary["lesions"] = {
+            "rules": options.lesions.model_dump(mode="json"),
+            "labels": summarise_lesions(lesion_rows, n_cases, options.lesions.size_brackets, options.lesions.size_unit),
+        }
+    return summary
 
 
 def _stats(values: list[float], n_undefined: int) -> dict[str, float | int | None]:
@@ -249,6 +337,11 @@ def _stats(values: list[float], n_undefined: int) -> dict[str, float | int | Non
         "n": n,
         "n_undefined": n_undefined,
     }
+
+
+def _number(text: str, integer: bool) -> int | float:
+    value = float(text)
+    return int(value) if integer or (value.is_integer() and "." not in text and "e" not in text.lower()) else value
 
 
 def _cell(value: Any) -> str:
