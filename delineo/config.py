@@ -187,6 +187,16 @@ class AugmentConfig(Strict):
     blur: BlurAug = BlurAug()
 
 
+class SliceFilterConfig(Strict):
+    """Training-slice selection for 2D / 2.5D (:mod:`delineo.sampling.slice_filter`); training only."""
+
+    filters: list[Literal["entropy", "foreground"]] = Field(default_factory=lambda: ["entropy"], min_length=1)
+    combine: Literal["all", "any"] = Field("all", description="all: every filter keeps the slice; any: one is enough")
+    entropy_threshold: float = Field(2.0, ge=0.0, description="bits; slices at or below it are not drawn")
+    bins: int = Field(256, ge=2, description="histogram bins over the slice's own intensity range")
+    channel: int = Field(0, ge=0, description="image channel whose entropy is measured")
+
+
 class SamplingConfig(Strict):
     mode: Literal["3d", "2d", "2.5d"] = "3d"
     patch_size: Optional[list[int]] = Field(None, description="3D: 3 sizes; 2D/2.5D: 2 sizes; null = whole")
@@ -195,9 +205,12 @@ class SamplingConfig(Strict):
     foreground_fraction: float = Field(0.33, ge=0.0, le=1.0)
     positive_only: bool = Field(False, description="only samples centred on foreground (cases without any are skipped)")
     batch_size: int = Field(4, ge=1)
+    slice_filter: Optional[SliceFilterConfig] = Field(None, description="2D/2.5D: which training slices may be drawn")
 
     @model_validator(mode="after")
     def _patch_dims(self) -> "SamplingConfig":
+        if self.slice_filter is not None and self.mode == "3d":
+            raise ValueError("slice_filter needs mode 2d or 2.5d")
         if self.patch_size is not None:
             need = 3 if self.mode == "3d" else 2
             if len(self.patch_size) != need or min(self.patch_size) < 4:
