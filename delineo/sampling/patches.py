@@ -8,7 +8,7 @@ what makes training resumable with identical results.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -60,7 +60,8 @@ class PatchSampler:
     """Draws training batches (x: (B, C', *P) float32, y: (B, 1, *P) uint8)."""
 
     def __init__(self, cases: list[CachedCase], mode: str, patch_size: Sequence[int], axis: int = 2,
-                 context: int = 1, foreground_fraction: float = 0.33, positive_only: bool = False) -> None:
+                 context: int = 1, foreground_fraction: float = 0.33, positive_only: bool = False,
+                 slice_filter: Optional[Any] = None) -> None:
         if not cases:
             raise ValueError("no cases to sample from")
         if positive_only:
@@ -69,6 +70,17 @@ class PatchSampler:
             if not cases:
                 raise ConfigError("sampling.positive_only: no training case has any foreground.")
             foreground_fraction = 1.0
+        # training-slice selection (2D / 2.5D): only kept slices are drawn, see sampling.slice_filter
+        self.selection = None
+        if slice_filter is not None and mode != "3d":
+            from delineo.sampling.slice_filter import build_selection
+
+            self.selection = build_selection(cases, axis, slice_filter)
+            cases = [c for c in cases if len(self.selection.allowed[c.case_id])
+                     and (not positive_only or any(len(v) for v in self.selection.fg_coords[c.case_id].values()))]
+            if not cases:
+                raise ConfigError("sampling.slice_filter: no training slice passes the filter(s); lower "
+                                  "entropy_threshold or combine with 'any'.")
         self.cases, self.mode = cases, mode
         self.patch = list(patch_size)
         self.axis, self.context = axis, context if mode == "2.5d" else 0
@@ -86,11 +98,14 @@ class PatchSampler:
 
     def _centre(self, case: CachedCase, rng: np.random.Generator) -> np.ndarray:
         shape = case.image.shape[1:]
-        if case.fg_coords and (self.positive_only or rng.random() < self.fg_fraction):
-            labels = sorted(case.fg_coords)
-            coords = case.fg_coords[labels[int(rng.integers(len(labels)))]]
+        fg_coords = self.selection.fg_coords[case.case_id] if self.selection else case.fg_coords
+        if fg_coords and (self.positive_only or rng.random() < self.fg_fraction):
+            labels = sorted(fg_coords)
+            coords = fg_coords[labels[int(rng.integers(len(labels)))]]
             if len(coords):
                 return coords[int(rng.integers(len(coords)))]
+        if self.selection is not None:
+            return self.selection.centre(case.case_id, shape, self.axis, rng)
         return np.array([int(rng.integers(s)) for s in shape])
 
     def _one(self, case: CachedCase, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

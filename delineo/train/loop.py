@@ -165,7 +165,9 @@ class Trainer:
         meta.patch_size = list(s.patch_size) if s.patch_size else default_patch_size(shapes, s.mode, s.axis, meta.divisor)
         self.meta = meta
         self.sampler = PatchSampler(self.train_data, s.mode, meta.patch_size, s.axis, s.context, s.foreground_fraction,
-                                    s.positive_only)
+                                    s.positive_only, s.slice_filter)
+        if self.sampler.selection is not None and d.main:  # counts for the log and the report
+            write_text_atomic(self.run_dir / "slice_filter.json", json.dumps(self.sampler.selection.counts, indent=1))
         self.augmenter = Augmenter(cfg.augment, dims)
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=out_ch)
         self.optimizer = OPTIMIZERS.build(cfg.train.optimizer, "train.optimizer", params=self.model.parameters())
