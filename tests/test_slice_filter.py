@@ -89,3 +89,23 @@ def test_entropy_profile_real_volume():
     profile = entropy_profile(np.asarray(nib.load(path).dataobj), axis=2)
     assert profile.shape[0] == nib.load(path).shape[2]
     assert (profile > 2.0).all() and (profile <= 8.0).all()
+
+
+def test_inspect_verb_writes_profiles(tmp_path, capsys):
+    """`delineo inspect` on the embedded hippocampus sample: one PNG per case, one CSV row per slice."""
+    import csv
+    from pathlib import Path
+
+    from delineo.cli import main
+
+    sample = Path(__file__).resolve().parents[1] / "delineo" / "sample_data" / "hippocampus"
+    assert main(["-q", "inspect", str(sample), "--max-cases", "2", "--out", str(tmp_path), "--threshold", "2"]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "entropy.csv")))
+    cases = sorted({r["case"] for r in rows})
+    assert len(cases) == 2 and all((tmp_path / f"entropy_{c}.png").read_bytes()[:4] == b"\x89PNG" for c in cases)
+    first = [r for r in rows if r["case"] == cases[0]]
+    assert [int(r["slice"]) for r in first] == list(range(len(first)))
+    assert sum(r["foreground"] == "True" for r in first) > 0
+    assert f"{len(first)}/{len(first)} slices above 2 bits" in printed
+    assert main(["-q", "inspect", str(sample), "--case", "nope", "--out", str(tmp_path / "x")]) == 2
