@@ -139,6 +139,10 @@ class BufferedWriter:
                     pause = 0.1 if self._closing else min(pause * 2, self.max_pause)
                 continue
             with self._cv:
+                if self._stopped:  # closed meanwhile: the batch was journalled too (a replay is harmless)
+                    self._busy = False
+                    self._cv.notify_all()
+                    return
                 for _ in batch:
                     self._pending.popleft()
                 self._busy = False
@@ -177,6 +181,8 @@ class BufferedWriter:
                     return batch[batch.index(o):]
                 log.error("experiment database: dropped operation %s: %s", o.get("op"), exc)
             with self._cv:
+                if self._stopped:
+                    return []
                 self._pending.popleft()
         return []
 
