@@ -400,5 +400,5 @@ def train_fusion(member_probs: list[list[np.ndarray]], references: list[np.ndarr
         loss = torch.nn.functional.cross_entropy(logits, ys)
         loss.backward()
         opt.step()
-    log.info("fusion trained on %d voxels, final loss %.4f", xs.shape[1], float(loss))
+    log.info("fusion trained on %d voxels, final loss %.4f", xs.shape[1], float(loss.detach()))
     return {"weight": w.detach().reshape(k, m * k, 1), "bias": b.detach()}

@@ -128,6 +128,7 @@ class BuildContext(ABC):
         """Keep a search table (JSON-able) for the file and ``delineo info``."""
 
     device: torch.device = torch.device("cpu")
+    built: list["Stage"] = []  # the stages built so far, in order (set by the implementation)
     base_dir: Path = Path(".")  # run paths in the pipeline file are relative to its folder
     max_cases: Optional[int] = None  # bound on validation cases per search (CPU time)
 
@@ -226,7 +227,8 @@ def mask_from_probs(probs: np.ndarray, values: Sequence[int],
                     thresholds: Optional[dict[int, float]] = None) -> np.ndarray:
     """Label map from (1 + L, *S) probabilities: the arg-max channel; with ``thresholds`` (label
     value -> t), a label is a candidate where its probability >= t and the voxel takes the
-    candidate with the highest probability (background where there is none). For two
+    candidate with the highest probability (background where there is none); a label without a
+    threshold is a candidate where it beats the background probability. For two
     channels, t = 0.5 is exactly the arg-max."""
     lut = np.array([0, *values], dtype=np.uint8)
     if not thresholds:
@@ -237,7 +239,7 @@ def mask_from_probs(probs: np.ndarray, values: Sequence[int],
         if t is not None:
             fg[i][fg[i] < t] = -1.0
         else:  # no threshold: the label must beat background as in arg-max
-            fg[i][fg[i] < probs[0]] = -1.0
+            fg[i][fg[i] <= probs[0]] = -1.0
     best = fg.argmax(0)
     ok = np.take_along_axis(fg, best[None], 0)[0] >= 0
     return np.where(ok, lut[best + 1], 0).astype(np.uint8)
