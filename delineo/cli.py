@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", type=Path, help="run folder, or folder of predicted masks")
     p.add_argument("references", type=Path, nargs="?", help="folder of reference masks (with a predictions folder)")
     p.add_argument("--out", type=Path, default=None, help="output folder for metrics (folder mode)")
+    p.add_argument("--cases", default=None, help="with a .delineo target and an MSD dataset: ids, splits.json (test) "
+                   "or cases.json (val)")
     p.add_argument("--aggregate", default=None, metavar="NAMES",
                    help="aggregations, comma-separated: mean_per_case, pooled, per_slice (default: all)")
     p.add_argument("--lesions", default=None, metavar="SPEC",
@@ -218,6 +220,18 @@ def _is_main_process() -> bool:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from delineo.modelfile.pipeline_file import is_pipeline_file
+
+    if is_pipeline_file(args.target):  # a .delineo model scored on a dataset's cases
+        from delineo.evaluate.pipeline import evaluate_pipeline
+
+        if args.references is None:
+            raise DelineoError(f"{args.target}: give the dataset to score it on: delineo evaluate MODEL.delineo DATASET.")
+        out = args.out or Path(args.target).with_suffix("").with_name(Path(args.target).stem + "_evaluation")
+        s = evaluate_pipeline(args.target, args.references, out, args.cases, progress=not args.quiet)
+        print(f"{args.target}: mean Dice {s['mean_dice']:.4f} over {s['n_cases']} cases, "
+              f"{s['seconds_per_case']:.2f} s per case; metrics in {out / 'metrics'}")
+        return 0
     if args.references is None:
         from delineo.evaluate.run import evaluate_run
 

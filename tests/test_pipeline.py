@@ -201,6 +201,18 @@ def test_build_info_predict_round_trip(phantom_runs: Path, tmp_path: Path, capsy
     # predict writes the uncertainty map beside the mask, in every output format of a file input
     _predict(path, image, tmp_path / "u" / "mask.nrrd", "--uncertainty", "entropy")
     assert (tmp_path / "u" / "mask.nrrd").is_file() and (tmp_path / "u" / "mask_uncertainty.nrrd").is_file()
+    # evaluate scores the pipeline on chosen cases of a dataset; the summary matches the written masks
+    ev = tmp_path / "ev"
+    assert main(["-q", "evaluate", str(path), str(phantom_runs / "data"), "--cases", "ph_000,ph_003",
+                 "--out", str(ev)]) == 0
+    summary = json.loads((ev / "metrics" / "summary.json").read_text())
+    assert summary["n_cases"] == 2 and summary["seconds_per_case"] > 0
+    dices = []
+    for cid in ("ph_000", "ph_003"):
+        pred = read_image(ev / "predictions" / f"{cid}.nii.gz").array
+        ref = read_image(phantom_runs / "data" / "labelsTr" / f"{cid}.nii.gz").array
+        dices.append(2 * np.sum((pred == 1) & (ref == 1)) / max(1, np.sum(pred == 1) + np.sum(ref == 1)))
+    assert summary["labels"]["one"]["dice"]["mean"] == pytest.approx(np.mean(dices), abs=1e-6)
 
 
 def _rewrite(src: Path, dst: Path, change) -> None:
