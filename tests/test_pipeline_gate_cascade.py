@@ -62,9 +62,25 @@ class _SliceMax(torch.nn.Module):
         return self.conv(x).amax(dim=(2, 3))
 
 
+class _TinyClassifier(torch.nn.Module):
+    """A small trainable slice classifier (two convolutions, global max pooling, one logit)."""
+
+    divisor = 1
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, dims: int = 2) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 8, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).amax(dim=(2, 3)))
+
+
 if "test_bright" not in MODELS.names():
     MODELS.register("test_bright")(_Bright)
     MODELS.register("test_slice_max")(_SliceMax)
+    MODELS.register("test_tiny_classifier")(_TinyClassifier)
 
 
 def _member(model_name: str, labels: dict[int, str], task: str = "segmentation", region: dict | None = None,
@@ -276,3 +292,48 @@ def test_region_training_and_cascade_pipeline_end_to_end(cascade_runs: Path, tmp
     mask, _, _ = loaded.predict_images([image])
     assert np.array_equal(mask.array, parts)
     assert any("cascade inside stage organ" in line for line in loaded.describe())
+
+
+def test_gate_pipeline_end_to_end_threshold_searched_out_of_fold(tmp_path: Path):
+    """A positive-only segmenter and a slice classifier trained on phantoms; the gate's
+    threshold is searched on the validation cases of fold 0 (the runs' out-of-fold cases)."""
+    from delineo.infer.pipeline.build import build_pipeline
+    from delineo.infer.pipeline.runner import Pipeline
+    from delineo.io.files import read_image
+    from delineo.train.loop import train
+
+    data = write_msd(tmp_path / "phantom", n=10)
+    seg = phantom_experiment(data, epochs=3, iterations_per_epoch=10, val_every=10)
+    seg.update(name="seg")
+    seg["sampling"]["positive_only"] = True
+    cls = phantom_experiment(data, epochs=3, iterations_per_epoch=20, val_every=10)
+    cls.update(name="cls", model={"name": "test_tiny_classifier"}, loss={"name": "soft_f1"})
+    cls["train"].update(task="classification", optimizer={"name": "adam", "lr": 0.01})
+    cls["sampling"].update(foreground_fraction=0.5)
+    for cfg in (seg, cls):
+        train(config_from_dict(cfg), tmp_path / "runs", fold=0, progress=False)
+    pfile = tmp_path / "gate.yaml"
+    pfile.write_text(yaml.safe_dump({"name": "phantom_gate", "stages": [
+        {"name": "seg", "kind": "segment", "runs": ["runs/seg/fold_0"]},
+        {"name": "gate", "kind": "gate", "runs": ["runs/cls/fold_0"], "threshold": "search"}]}))
+    written, pipe = build_pipeline(pfile, tmp_path / "g.delineo", device="cpu", progress=False)
+    gate = pipe.stages[-1]
+    summary = gate.tables["summary"]
+    val = json_cases(tmp_path / "runs" / "cls" / "fold_0")
+    assert summary["n_cases"] == len(val) == 2 and summary["n_slices"] == 2 * 20
+    assert summary["dice_gated"] >= summary["dice_ungated"] and summary["auc"] > 0.8
+    assert pipe.tables["gate.threshold"] == gate.tables["threshold"]
+    # the saved pipeline empties exactly the slices whose score is under the chosen threshold
+    loaded = Pipeline.load(written, "cpu")
+    image = read_image(data / "imagesTr" / f"{val[0]}_0000.nii.gz")
+    case = loaded.run_case(CaseData([image], val[0]))
+    scores = np.asarray(case.outputs["gate"].info["gate"]["scores"])
+    out, before = case.outputs["gate"].mask, case.outputs["seg"].mask
+    for k, s in enumerate(scores):
+        assert np.array_equal(out[..., k], before[..., k] if s >= gate.threshold else 0 * before[..., k])
+
+
+def json_cases(run: Path) -> list[str]:
+    import json
+
+    return json.loads((run / "cases.json").read_text())["val"]
