@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
 import threading
 import time
 import zipfile
@@ -237,3 +238,30 @@ def test_interrupted_jobs_are_marked_after_restart(tmp_path):
     q = JobQueue(ws)
     job = q.get("00000000000000aa")
     assert job["state"] == "interrupted" and "run it again" in job["message"]
+
+
+def test_delineo_pipeline_file_is_offered_and_runs(tmp_path, serve_models):
+    """A ``.delineo`` file in --models runs through the same loader registry as ``delineo predict``."""
+    import yaml
+
+    from delineo.cli import main
+
+    models = tmp_path / "models"
+    models.mkdir()
+    spec = tmp_path / "p.yaml"
+    spec.write_text(yaml.safe_dump({"name": "hippo-pipe", "stages": [
+        {"name": "seg", "kind": "segment", "runs": [str(serve_models / "hippo-tiny" / "fold_0")]}]}))
+    assert main(["-q", "pipeline", "build", str(spec), "--out", str(models / "hippo.delineo")]) == 0
+    shutil.copytree(serve_models / "hippo-tiny", models / "hippo-tiny")
+    c = client(tmp_path / "ws", models)
+    listed = {m["name"]: m for m in c.get("/api/models").json()}
+    assert set(listed) == {"hippo.delineo", "hippo-tiny/fold_0"} and listed["hippo.delineo"]["kind"] == "pipeline"
+    assert [l["name"] for l in listed["hippo.delineo"]["labels"]] == ["Anterior", "Posterior"]
+    sid = upload(c, CASE).json()["id"]
+    arrays = []
+    for name in ("hippo.delineo", "hippo-tiny/fold_0"):
+        job = wait_job(c, c.post(f"/api/studies/{sid}/run", json={"model": listed[name]["id"]}).json()["id"])
+        assert job["state"] == "done", job["message"]
+        data = c.get(f"/api/studies/{sid}/masks/{job['result']['mask']}/versions/1/mask.nii.gz").content
+        arrays.append(np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(data)).dataobj))
+    np.testing.assert_array_equal(arrays[0], arrays[1])  # one run as a pipeline predicts what the run predicts

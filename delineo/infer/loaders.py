@@ -22,6 +22,7 @@ class CasePredictor(Protocol):
     name: str  # for DICOM series descriptions and logs
     channels: list[str]  # input channel names, in order
     labels: dict[int, str]  # label value -> name of the masks it writes
+    colors: Optional[dict[int, tuple[int, int, int]]]  # label value -> RGB for DICOM outputs (None: defaults)
     save_probabilities: bool  # the model asks for probabilities to be written
 
     def predict(self, images: list[Image]) -> tuple[Image, Image, dict[str, Image]]:
@@ -62,6 +63,7 @@ class _CheckpointPredictor:
         self.name = self.predictor.cfg.name
         self.channels = list(self.predictor.meta.channels)
         self.labels = dict(self.predictor.meta.labels)
+        self.colors = None
         self.save_probabilities = self.predictor.cfg.infer.save_probabilities
 
     def predict(self, images: list[Image]) -> tuple[Image, Image, dict[str, Image]]:
@@ -83,6 +85,7 @@ class _PipelinePredictor:
         self.name = self.pipeline.name
         self.channels = self.pipeline.channels
         self.labels = self.pipeline.labels
+        self.colors = {k: tuple(v) for k, v in self.pipeline.colours.items()} or None
         self.save_probabilities = False
 
     def predict(self, images: list[Image]) -> tuple[Image, Image, dict[str, Image]]:

@@ -127,7 +127,7 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
         if fmt is None and not job.source.is_dir():
             write_image(mask, out)  # same format as the input file
         else:
-            out = write_prediction(mask, job.image, out, fmt or "nifti", predictor.labels,
+            out = write_prediction(mask, job.image, out, fmt or "nifti", predictor.labels, colors=predictor.colors,
                                    model_name=model_name, anonymise=anonymise)
         for key, extra in extras.items():  # e.g. a pipeline's --uncertainty map, beside the mask
             write_image(extra, out.with_name(case_name(out) + f"_{key}" + (image_suffix(out) or ".nii.gz")))

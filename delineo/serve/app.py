@@ -284,9 +284,13 @@ def create_app(settings: Settings) -> FastAPI:
                 shutil.rmtree(out, ignore_errors=True)
             import nibabel as nib
 
-            values = np.asarray(nib.load(str(dest)).dataobj, dtype=np.float32)
-            return {"explanation": eid, "method": method, "label": label,
-                    "min": float(np.nanmin(values)), "max": float(np.nanmax(values))}
+            values = np.abs(np.asarray(nib.load(str(dest)).dataobj, dtype=np.float32))
+            nonzero = values[np.isfinite(values) & (values > 0)]
+            # display range: attributions are heavy-tailed, so the colour bar spans the strongest
+            # 10% (90th to 99.9th percentile of the non-zero magnitudes), not 0..max
+            lo, hi = (np.percentile(nonzero, [90, 99.9]) if nonzero.size else (0.0, 1.0))
+            return {"explanation": eid, "method": method, "label": label, "display": [float(lo), float(max(hi, lo + 1e-12))],
+                    "max": float(nonzero.max()) if nonzero.size else 0.0}
 
         return queue.submit("explain", sid, {"model": entry.id, "method": method, "label": label}, work)
 

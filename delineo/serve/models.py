@@ -79,15 +79,15 @@ class ModelLibrary:
         from delineo.io.export import resolve_colors
 
         try:
-            if entry.kind == "pipeline":
-                labels = _pipeline_labels(entry.path)
+            if entry.kind == "pipeline":  # the manifest is inside the file: load it once
+                labels = dict(self.predictor(entry).labels)
             else:
                 from delineo.modelfile.checkpoint import load_checkpoint
 
                 ckpt = load_checkpoint(entry.path)
                 labels = {int(k): str(v) for k, v in ckpt["meta"]["labels"].items()}
-            entry.labels = labels
-            entry.colors = resolve_colors(labels)
+            entry.labels = {int(k): str(v) for k, v in labels.items()}
+            entry.colors = resolve_colors(entry.labels)
         except Exception as exc:  # a broken file is listed with its reason, not fatal for the server
             entry.error = str(exc)
             log.warning("model %s: %s", entry.path, exc)
@@ -104,15 +104,14 @@ class ModelLibrary:
         return entry
 
     def predictor(self, entry: ModelEntry) -> Any:
-        """The loaded model (cached; loading is serialised so two jobs never load it twice)."""
+        """The loaded model through :func:`delineo.infer.loaders.load_predictor` (run folders,
+        checkpoints and ``.delineo`` files alike); cached, and loading is serialised so two jobs
+        never load the same model twice."""
         with self._lock:
             if entry.id not in self._loaded:
-                if entry.kind == "pipeline":
-                    self._loaded[entry.id] = _load_pipeline(entry.path)
-                else:
-                    from delineo.infer.predictor import Predictor
+                from delineo.infer.loaders import load_predictor
 
-                    self._loaded[entry.id] = Predictor.from_checkpoint(entry.path, device="cpu")
+                self._loaded[entry.id] = load_predictor(entry.path, device="cpu")
             return self._loaded[entry.id]
 
     def segment(self, entry: ModelEntry, image: Any, progress: Progress) -> np.ndarray:
@@ -120,12 +119,9 @@ class ModelLibrary:
         progress(0.1, "loading model")
         model = self.predictor(entry)
         progress(0.3, "segmenting")
-        if entry.kind == "pipeline":
-            mask = _run_pipeline(model, image)
-        else:
-            mask, _ = model.predict_images([image])
+        mask, _, _ = model.predict([image])
         progress(0.9, "saving mask")
-        return np.asarray(mask.array if hasattr(mask, "array") else mask).astype(np.uint8)
+        return np.asarray(mask.array).astype(np.uint8)
 
     def explain(self, entry: ModelEntry, image_path: Path, out_dir: Path, method: str, label: int | None,
                 progress: Progress) -> Path:
@@ -142,7 +138,7 @@ class ModelLibrary:
         if spec.needs_layer:
             from delineo.explain.layers import conv_layers
 
-            layer = default_layer(conv_layers(self.predictor(entry).model))
+            layer = default_layer(conv_layers(self.predictor(entry).predictor.model))
         progress(0.2, f"explaining ({method})")
         report = explain_scan(entry.path, image_path, out_dir, method, label=label, layer=layer)
         return Path(report["map"])
@@ -162,21 +158,3 @@ def explain_methods() -> list[str]:
     from delineo.explain.api import METHODS
 
     return [m for m, spec in METHODS.items() if spec.kind != "synthetic"]
-
-
-def _pipeline_labels(path: Path) -> dict[int, str]:
-    from delineo.modelfile import pipeline_file  # type: ignore[attr-defined]
-
-    info = pipeline_file.read_info(path) if hasattr(pipeline_file, "read_info") else {}
-    return {int(k): str(v) for k, v in dict(info.get("labels", {})).items()}
-
-
-def _load_pipeline(path: Path) -> Any:
-    from delineo.modelfile import pipeline_file  # type: ignore[attr-defined]
-
-    return pipeline_file.load_pipeline(path)
-
-
-def _run_pipeline(pipeline: Any, image: Any) -> Any:
-    out = pipeline.predict_images([image]) if hasattr(pipeline, "predict_images") else pipeline([image])
-    return out[0] if isinstance(out, tuple) else out

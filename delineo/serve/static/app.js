@@ -383,10 +383,9 @@ async function onSegmented(job) {
 async function onExplained(job) {
   const r = job.result;
   if (state.heat) { nv.removeVolume(state.heat); state.heat = null; }
-  const top = Math.max(Math.abs(r.max), Math.abs(r.min)) || 1;
   await nv.addVolumeFromUrl({ url: `/api/studies/${state.study.id}/explain/${r.explanation}.nii.gz`,
     name: "explain.nii.gz", colormap: "warm", opacity: $("#heat-visible").checked ? 0.6 : 0,
-    cal_min: top * 0.15, cal_max: top });
+    cal_min: r.display[0], cal_max: r.display[1] });
   state.heat = nv.volumes[nv.volumes.length - 1];
   state.heat.colorbarVisible = true;
   nv.opts.isColorbar = true;
