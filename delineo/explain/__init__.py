@@ -10,6 +10,7 @@ Entry points: :func:`explain` / :func:`explain_full` (a map on the image grid),
 
 from delineo.explain.api import METHODS, MODES, Explanation, explain, explain_full, get_method, register_method, sanity
 from delineo.explain.layers import conv_layers, list_layers
+from delineo.explain.lesion_occlusion import lesion_occlusion  # registers the "lesion-occlusion" method
 from delineo.explain.outputs import choose_slices, save_map_nifti, save_panels
 from delineo.explain.rules import RULES, gradient_rule
 from delineo.explain.sanity import SanityReport, sanity_check
@@ -18,7 +19,7 @@ from delineo.explain.targets import TARGETS, make_target, region_mask
 
 __all__ = [
     "METHODS", "MODES", "RULES", "TARGETS", "Explanation", "SanityReport", "choose_slices", "conv_layers",
-    "explain", "explain_full", "gaussian_importance", "get_method", "gradient_rule", "list_layers",
+    "explain", "explain_full", "gaussian_importance", "lesion_occlusion", "get_method", "gradient_rule", "list_layers",
     "make_target", "region_mask", "register_method", "sanity", "sanity_check", "save_map_nifti",
     "save_panels", "slice_by_slice", "stack_neighbours", "stitch_patches",
 ]
