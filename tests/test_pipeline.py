@@ -297,3 +297,10 @@ def test_tampered_or_foreign_files_are_refused(phantom_runs: Path, tmp_path: Pat
     assert main(["predict", str(bad), str(phantom_runs / "data" / "imagesTr" / "ph_000_0000.nii.gz"),
                  str(tmp_path / "x.nii.gz")]) == 2
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_example_pipeline_file_validates():
+    from delineo.infer.pipeline.config import load_pipeline_config
+
+    cfg, sections = load_pipeline_config(Path(__file__).parents[1] / "examples" / "hippocampus_ensemble_pipeline.yaml")
+    assert [s.kind for s in sections] == ["segment", "postprocess"] and sections[0].tta.flip == "search"
