@@ -356,3 +356,12 @@ def _op_artefact(conn: Connection, o: dict[str, Any]) -> None:
                                           "path": o["path"], "sha256": o.get("sha256"), "size": o.get("size"),
                                           "created": _when(o)}],
             ["path"], ["session_id", "experiment_id", "kind", "sha256", "size", "created"])
+
+
+def create_experiment(store: Store, name: str, config: Optional[dict[str, Any]] = None,
+                      description: Optional[str] = None) -> int:
+    """Register an experiment before any run (or set its description); returns its id."""
+    from delineo.track.folders import config_hash
+
+    with store.engine.begin() as conn:
+        return experiment_id(conn, name, config, config_hash(config) if config else None, description)
