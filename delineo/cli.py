@@ -78,12 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also write the class probabilities")
     p.add_argument("--uncertainty", choices=["variance", "entropy"], default=None,
                    help=".delineo pipelines: also write a per-voxel uncertainty map (across augmentations and members)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (mirroring)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation (mirroring); default: the experiment's infer.tta")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--format", dest="fmt", choices=["nifti", "nrrd", "dicom-seg", "rtstruct", "overlay"], default=None,
                    help="output format (default: the input's format; NIfTI for DICOM input)")
     p.add_argument("--series", default=None, help="DICOM folder with several series: the UID or number to use")
-    p.add_argument("--anonymise", action="store_true", help="no patient attributes in NIfTI/NRRD sidecars")
+    p.add_argument("--anonymise", action="store_true", help="no source identifiers at all (not even UIDs) in NIfTI/NRRD sidecars")
+    p.add_argument("--with-patient-data", dest="patient_data", action="store_true",
+                   help="opt in: put patient name, ID, birth date and the source path in NIfTI/NRRD sidecars")
     _add_common(p)
 
     p = sub.add_parser("convert", help="turn a DICOM collection with SEG/RTSTRUCT masks into an MSD dataset")
@@ -97,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="explain a model's segmentation of a scan (maps and panels)")
     p.add_argument("model", type=Path, help="checkpoint (.pt) or run folder")
     p.add_argument("input", type=Path, nargs="?", help="image file or DICOM folder")
-    p.add_argument("--method", default="guided-backprop",
+    p.add_argument("--method", default=None,
                    help="activation, activation-maximisation, saliency, deconvnet, guided-backprop, gradcam, "
-                        "gradcam++, occlusion, integrated-gradients, smoothgrad, channel-contribution")
-    p.add_argument("--target", default="positive-prediction",
-                   help="positive-prediction, true-positive, class, region, mean, max, min")
+                        "gradcam++, occlusion, integrated-gradients, smoothgrad, channel-contribution "
+                        "(default: the experiment's explain.method, guided-backprop)")
+    p.add_argument("--target", default=None,
+                   help="positive-prediction, true-positive, class, region, mean, max, min "
+                        "(default: explain.target, positive-prediction)")
     p.add_argument("--layer", default=None, help="layer name (see --list-layers) for activation / Grad-CAM")
     p.add_argument("--label", type=int, default=None, help="label value to explain (multi-label models)")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=None, help="prediction threshold (default: explain.threshold, 0.5)")
     p.add_argument("--reference", type=Path, default=None, help="reference mask (true-positive target, contours)")
     p.add_argument("--slices", type=int, nargs="*", default=None, help="slices for the PNG panel")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="method parameter, e.g. steps=64")
@@ -256,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     written = predict_paths(args.model, args.input, args.output, probabilities=args.probabilities,
                             uncertainty=args.uncertainty,
                             tta=args.tta, device=args.device, progress=not args.quiet, fmt=args.fmt,
-                            series=args.series, anonymise=args.anonymise)
+                            series=args.series, anonymise=args.anonymise, patient_data=args.patient_data)
     for path in written:
         print(path)
     return 0
@@ -295,7 +300,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         rep = report["sanity"]
         print(rep.table())
         if rep.flagged:
-            print(f"sanity check: the {args.method} map does not depend on the weights; do not trust it.")
+            print(f"sanity check: the {rep.method} map does not depend on the weights; do not trust it.")
             return 1
     return 0
 

@@ -23,12 +23,13 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def one_sentence(res: subprocess.CompletedProcess, *needles: str) -> None:
+def one_sentence(res: subprocess.CompletedProcess, *needles: str) -> str:
     assert res.returncode == 2, res.stderr
     lines = [l for l in res.stderr.strip().splitlines() if "error:" in l]
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+    return lines[0]
 
 
 def train_on(tmp_path: Path, data: Path, **extra) -> subprocess.CompletedProcess:
@@ -97,9 +98,17 @@ def test_missing_channel(tmp_path):
 
 
 def test_truncated_nifti_in_predict(tmp_path):
-    bad = tmp_path / "in.nii.gz"
-    nib.save(nib.Nifti1Image(np.random.rand(10, 10, 10).astype(np.float32), np.eye(4)), bad)
-    bad.write_bytes(bad.read_bytes()[:100])
+    # a real model, so that predict gets past the checkpoint and reaches the truncated file
+    data = write_msd(tmp_path / "d", n=6)
+    assert train_on(tmp_path, data).returncode == 0
+    model = tmp_path / "runs" / "phantom" / "fold_0"
+    for name, keep in (("in.nii.gz", 200), ("in.nii", 1000)):
+        bad = tmp_path / name
+        nib.save(nib.Nifti1Image(np.random.rand(24, 28, 20).astype(np.float32), np.eye(4)), bad)
+        bad.write_bytes(bad.read_bytes()[:keep])
+        line = one_sentence(cli("predict", str(model), str(bad), str(tmp_path / "out.nii.gz")), name)
+        assert "truncated" in line or "not a readable NIfTI" in line, line
+        assert not (tmp_path / "out.nii.gz").exists()
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"garbage")
     one_sentence(cli("predict", str(ckpt), str(bad), str(tmp_path / "out.nii.gz")), "model.pt", "not a readable Delineo checkpoint")

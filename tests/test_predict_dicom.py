@@ -69,14 +69,17 @@ def test_all_four_formats(ct_model, tmp_path):
     assert nifti.same_grid(ct) and nifti.array.shape == (512, 512, 20)
     assert (nifti.array == 1).sum() > 1000, "the tiny model should find some liver"
     sidecar = json.loads((tmp_path / "mask.json").read_text())
-    assert sidecar
+    assert sidecar["source"]["SeriesInstanceUID"] == ct.meta["series_uid"] and sidecar["labels"]["1"] == "liver"
+    assert not {"PatientName", "PatientID", "PatientBirthDate", "path"} & set(sidecar["source"])  # no identity by default
 
     res = predict(run, src, tmp_path / "mask_seg.dcm", "dicom-seg")
     assert res.returncode == 0, res.stderr
     seg = read_dicom_seg(tmp_path / "mask_seg.dcm", ct, labels={1: "liver"})
     assert np.array_equal(seg.array, nifti.array)
     ds = pydicom.dcmread(tmp_path / "mask_seg.dcm")
-    assert ds.Modality == "SEG" and "Delineo" in str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName) or "delineo" in str(ds).lower()
+    algorithm = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert ds.Modality == "SEG" and ds.Manufacturer == "Delineo"
+    assert str(algorithm.AlgorithmName).startswith("Delineo ct-liver")
 
     res = predict(run, src, tmp_path / "mask_rt.dcm", "rtstruct")
     assert res.returncode == 0, res.stderr

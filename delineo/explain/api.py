@@ -320,9 +320,13 @@ def explain(model: nn.Module, image: np.ndarray, method: str, target: str = "pos
 
 
 def sanity(model: nn.Module, image: np.ndarray, method: str, layers: Sequence[str] | None = None,
-           threshold: float = 0.9, seed: int = 0, **explain_kwargs: Any) -> SanityReport:
+           flag_above: float = 0.9, seed: int = 0, **explain_kwargs: Any) -> SanityReport:
     """Cascading model-randomisation check (:mod:`delineo.explain.sanity`) of ``method`` on
-    ``image``; ``explain_kwargs`` are those of :func:`explain`. The model is not modified.
+    ``image``; ``explain_kwargs`` are those of :func:`explain` (``threshold`` among them is the
+    prediction threshold, as everywhere else). The map is flagged when its rank correlation
+    with the trained model's map stays above ``flag_above`` after full randomisation; the
+    two used to share the name ``threshold``, so the CLI's 0.5 became the flagging cut-off.
+    The model is not modified.
 
     The explained output is held fixed: a ``positive-prediction`` target becomes the ``region``
     target on the *trained* model's prediction, so a randomised model that predicts nothing
@@ -339,5 +343,5 @@ def sanity(model: nn.Module, image: np.ndarray, method: str, layers: Sequence[st
             kwargs.update(target="region", mask=prediction.numpy())
     return sanity_check(model, runner.example_input(),
                         lambda m: explain(m, image, method, **kwargs),
-                        layers=layers, method=method, threshold=threshold, seed=seed)
+                        layers=layers, method=method, threshold=flag_above, seed=seed)
 

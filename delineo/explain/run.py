@@ -26,13 +26,23 @@ from delineo.preprocess.pipeline import preprocess, restore
 log = logging.getLogger(__name__)
 
 
-def explain_scan(model_path: Path, input_path: Path, out_dir: Path, method: str, target: str = "positive-prediction",
-                 layer: Optional[str] = None, slices: Optional[Sequence[int]] = None, label: Optional[int] = None,
-                 threshold: float = 0.5, reference: Optional[Path] = None, run_sanity: bool = False,
-                 params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Explain one scan; return paths, timing and (with ``run_sanity``) the sanity report."""
+def explain_scan(model_path: Path, input_path: Path, out_dir: Path, method: Optional[str] = None,
+                 target: Optional[str] = None, layer: Optional[str] = None, slices: Optional[Sequence[int]] = None,
+                 label: Optional[int] = None, threshold: Optional[float] = None, reference: Optional[Path] = None,
+                 run_sanity: bool = False, params: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Explain one scan; return paths, timing and (with ``run_sanity``) the sanity report.
+
+    ``method``, ``target``, ``layer``, ``threshold`` and ``params`` left as None come from the
+    experiment's ``explain:`` section (held in the checkpoint); given ones override it.
+    """
     predictor = Predictor.from_checkpoint(model_path, device="cpu")
     meta, cfg = predictor.meta, predictor.cfg
+    ex = cfg.explain
+    method = method or ex.method
+    target = target or ex.target
+    layer = layer or ex.layer
+    threshold = ex.threshold if threshold is None else threshold
+    params = {**ex.params, **(params or {})}
     image = read_image(input_path)
     ref_img = read_image(reference) if reference else None
     x, ref_pre, record = preprocess([image], ref_img, cfg.preprocess)
@@ -70,7 +80,8 @@ def explain_scan(model_path: Path, input_path: Path, out_dir: Path, method: str,
                       if meta.mode != "3d" else 2, title=f"{method}: {name}")
     report: dict[str, Any] = {"map": str(nifti), "panels": str(png), "seconds": seconds, "info": result.info}
     if run_sanity:
-        rep = sanity(model, x, method, target=target, layer=layer, **kwargs, **(params or {}))
+        rep = sanity(model, x, method, flag_above=ex.sanity_flag_above, target=target, layer=layer, **kwargs,
+                     **(params or {}))
         report["sanity"] = rep
     log.info("%s: %s in %.2f s -> %s, %s", name, method, seconds, nifti, png)
     return report

@@ -87,13 +87,14 @@ def output_path(job: Job, output: Path, single: bool, fmt: Optional[str]) -> Pat
     return output / f"{job.name}{SUFFIX_BY_FORMAT[fmt]}"
 
 
-def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bool = False, tta: bool = False,
+def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bool = False, tta: Optional[bool] = None,
                   device: str = "auto", progress: bool = True, fmt: Optional[str] = None,
-                  series: Optional[str] = None, anonymise: bool = False, uncertainty: Optional[str] = None) -> list[Path]:
+                  series: Optional[str] = None, anonymise: bool = False, uncertainty: Optional[str] = None, patient_data: bool = False) -> list[Path]:
     """Predict every image under ``input_path``; return the written mask paths.
 
     ``fmt`` is one of nifti, nrrd, dicom-seg, rtstruct, overlay (default: the input's format,
     NIfTI for DICOM input). ``series`` picks one series (UID or number) of a DICOM folder.
+    ``tta`` None follows the experiment's ``infer.tta``; True or False overrides it.
     """
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"--format {fmt}: unknown format (choose one of {', '.join(FORMATS)}).")
@@ -128,7 +129,7 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
             write_image(mask, out)  # same format as the input file
         else:
             out = write_prediction(mask, job.image, out, fmt or "nifti", predictor.labels, colors=predictor.colors,
-                                   model_name=model_name, anonymise=anonymise)
+                                   model_name=model_name, anonymise=anonymise, patient_data=patient_data)
         for key, extra in extras.items():  # e.g. a pipeline's --uncertainty map, beside the mask
             write_image(extra, out.with_name(case_name(out) + f"_{key}" + (image_suffix(out) or ".nii.gz")))
         if probabilities or predictor.save_probabilities:

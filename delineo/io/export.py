@@ -150,12 +150,14 @@ def write_prediction(
     colors: Mapping[int, tuple[int, int, int]] | None = None,
     model_name: str = "delineo",
     anonymise: bool = False,
+    patient_data: bool = False,
 ) -> Path:
     """Write ``mask`` (on ``source``'s grid) as ``fmt``; return the written file or folder.
 
     ``out`` is the file for nifti/nrrd/dicom-seg/rtstruct (the usual suffix is added when it is
-    missing) and the folder for the overlay series. ``anonymise`` keeps patient and study
-    identifiers out of NIfTI/NRRD sidecars; DICOM outputs must carry them to attach to the
+    missing) and the folder for the overlay series. NIfTI/NRRD sidecars hold the source's UIDs
+    only, no patient attributes, unless ``patient_data`` (an explicit opt-in: a NIfTI file
+    travels further than a PACS record); ``anonymise`` leaves out the UIDs as well; DICOM outputs must carry them to attach to the
     study, so asking for both is an error rather than a silent leak.
     """
     fmt = str(fmt).lower().replace("_", "-")
@@ -173,7 +175,7 @@ def write_prediction(
         dtype = np.uint8 if not values or max(values) < 256 else np.uint16
         on_grid = _on_source_grid(mask, source)
         write_image(on_grid, out, dtype=dtype)
-        _write_sidecar(out, on_grid, source, labels, model_name, anonymise)
+        _write_sidecar(out, on_grid, source, labels, model_name, anonymise, patient_data)
         log.info("Wrote %s prediction to %s.", fmt, out)
         return out
 
@@ -223,9 +225,11 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def _write_sidecar(
-    out: Path, mask: Image, source: Image, labels: Mapping[int, str], model_name: str, anonymise: bool
+    out: Path, mask: Image, source: Image, labels: Mapping[int, str], model_name: str, anonymise: bool,
+    patient_data: bool = False,
 ) -> Path:
-    """JSON next to a NIfTI/NRRD output: labels, model and (unless anonymised) the source's IDs."""
+    """JSON next to a NIfTI/NRRD output: labels, model and (unless anonymised) the source's UIDs;
+    patient attributes and the source path (which often names the patient) only on request."""
     from delineo import __version__ as version  # noqa: PLC0415
 
     info: dict = {
@@ -234,19 +238,20 @@ def _write_sidecar(
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "labels": {"0": "background", **{str(k): v for k, v in sorted(labels.items())}},
         "anonymised": bool(anonymise),
+        "patient_data": bool(patient_data and not anonymise),
     }
     if not anonymise:
         meta = source.meta
         source_info = {
-            "path": meta.get("path"),
             "SeriesInstanceUID": meta.get("series_uid"),
             "StudyInstanceUID": meta.get("study_uid"),
             "FrameOfReferenceUID": meta.get("frame_of_reference_uid"),
             "SeriesNumber": meta.get("series_number"),
             "SeriesDescription": meta.get("series_description"),
             "Modality": source.modality or None,
-            **(meta.get("patient") or {}),
         }
+        if patient_data:
+            source_info.update({"path": meta.get("path"), **(meta.get("patient") or {})})
         info["source"] = {k: v for k, v in source_info.items() if v not in (None, "")}
     path = sidecar_path(out)
     write_text_atomic(path, json.dumps(info, indent=1) + "\n")

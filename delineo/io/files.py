@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import zlib
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def read_image(path: str | Path, *, allow_4d: bool = False, check_finite: bool =
             raise InputError(f"{path}: 4D image of shape {array.shape} where a 3D image is expected.")
     elif array.ndim == 2:
         image.array = array[..., None]
+        image.meta["source_ndim"] = 2  # written back 2D by write_image: the output keeps the input's shape
     elif array.ndim != 3:
         raise InputError(f"{path}: {array.ndim}D image where a 3D image is expected.")
     if check_finite and np.issubdtype(image.array.dtype, np.floating):
@@ -95,9 +97,87 @@ def read_image(path: str | Path, *, allow_4d: bool = False, check_finite: bool =
     return image
 
 
+#: deflate never compresses better than about 1032:1, so a .nii.gz cannot hold more than this
+#: many bytes per byte of file
+MAX_GZIP_RATIO = 1100
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def _check_nifti_header(path: Path, img) -> None:
+    """Refuse, before any voxel is read or memory allocated, a header whose claimed volume the
+    file cannot hold or the machine cannot load, and a geometry that cannot place voxels in the
+    patient (zero or non-finite voxel sizes with no usable qform/sform)."""
+    header = img.header
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if any(s <= 0 for s in shape):
+        raise InputError(f"{path}: the header gives an empty image shape {shape}.")
+    itemsize = header.get_data_dtype().itemsize
+    claimed = int(np.prod(shape, dtype=object)) * itemsize
+    size = path.stat().st_size
+    shape_text = "x".join(map(str, shape))
+    if path.name.lower().endswith(".gz"):
+        if claimed > size * MAX_GZIP_RATIO:
+            raise InputError(f"{path}: the header claims {shape_text} voxels ({_human(claimed)}), more than a "
+                             f"gzip file of {size} bytes can hold; the file is corrupt or hostile.")
+    else:
+        offset = int(header.get_data_offset())
+        if offset + claimed > size:
+            raise InputError(f"{path}: the header claims {shape_text} voxels ({_human(claimed)}) but the file "
+                             f"holds only {size} bytes; it is truncated or its header is wrong.")
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    if total and claimed * 2 > total:
+        raise InputError(f"{path}: the header claims {shape_text} voxels ({_human(claimed)}), more than this "
+                         f"machine's memory ({_human(total)}) can hold.")
+    _check_nifti_geometry(path, img)
+
+
+def _check_nifti_geometry(path: Path, img) -> None:
+    """nibabel silently replaces zero voxel sizes by 1 when it loads a header; read the raw values
+    and refuse when nothing defines where the voxels are, warn when only the orientation is unknown."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fobj:
+            raw = type(img.header).from_fileobj(fobj, check=False)
+    except Exception:  # noqa: BLE001 - the checked header was already read; keep it
+        raw = img.header
+    zooms = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    ndim = min(int(raw["dim"][0]), 3)
+    zooms = zooms[:max(ndim, 1)]
+    qcode, scode = int(raw["qform_code"]), int(raw["sform_code"])
+    bad_zooms = not np.all(np.isfinite(zooms)) or np.any(zooms <= 0)
+    if scode > 0:
+        m = np.asarray(raw.get_sform(), dtype=np.float64)
+        if not np.all(np.isfinite(m)) or abs(np.linalg.det(m[:3, :3])) < 1e-12:
+            raise InputError(f"{path}: the sform matrix is singular or not finite, so the voxels cannot be "
+                             "placed in the patient.")
+        return
+    if bad_zooms:
+        where = "the qform" if qcode > 0 else "no qform or sform"
+        raise InputError(f"{path}: voxel sizes {[float(z) for z in zooms]} with {where}: the geometry is "
+                         "undefined, so a mask could not be placed in the patient.")
+    if qcode == 0:
+        log.warning("%s: no qform or sform; the orientation is unknown, voxels are placed by their sizes only "
+                    "(NIfTI's fallback), check left/right before clinical use", path)
+
+
 def _read_nifti(path: Path) -> Image:
     try:
         img = nib.load(str(path))
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)}).") from exc
+    _check_nifti_header(path, img)
+    try:
         array = np.asanyarray(img.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)}).") from exc
@@ -117,7 +197,9 @@ def _read_itk(path: Path) -> Image:
         raise InputError(f"{path}: {itk.GetDimension()}D image where a 3D image is expected.")
     array = sitk.GetArrayFromImage(itk)  # (k, j, i) or (k, j, i, c) for vector pixels
     n_comp = itk.GetNumberOfComponentsPerPixel()
+    meta = {"path": str(path)}
     if itk.GetDimension() == 2:
+        meta["source_ndim"] = 2  # written back 2D by write_image
         array = array[None]
         spacing = list(itk.GetSpacing()) + [1.0]
         origin = list(itk.GetOrigin()) + [0.0]
@@ -134,7 +216,7 @@ def _read_itk(path: Path) -> Image:
         array = np.transpose(array, tuple(range(array.ndim))[::-1])
     if array.dtype == np.float64:
         array = array.astype(np.float32)
-    return Image(np.ascontiguousarray(array), affine_from_itk(spacing, origin, direction), meta={"path": str(path)})
+    return Image(np.ascontiguousarray(array), affine_from_itk(spacing, origin, direction), meta=meta)
 
 
 def write_image(image: Image, path: str | Path, dtype: np.dtype | type | None = None) -> Path:
@@ -144,6 +226,9 @@ def write_image(image: Image, path: str | Path, dtype: np.dtype | type | None = 
     array = image.array if dtype is None else image.array.astype(dtype)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
+    two_d = image.meta.get("source_ndim") == 2 and array.ndim == 3 and array.shape[2] == 1
+    if two_d:  # a 2D input gets a 2D output of exactly its shape, not a one-slice volume
+        array = array[..., 0]
     with atomic_path(path, suffix=suffix) as tmp:
         if suffix in NIFTI_SUFFIXES:
             data = np.moveaxis(array, 0, -1) if array.ndim == 4 else array
@@ -162,8 +247,10 @@ def write_image(image: Image, path: str | Path, dtype: np.dtype | type | None = 
             if array.ndim == 4:
                 itk = sitk.GetImageFromArray(np.transpose(array, (3, 2, 1, 0)), isVector=True)
             else:
-                itk = sitk.GetImageFromArray(np.transpose(array, (2, 1, 0)))
+                itk = sitk.GetImageFromArray(np.transpose(array, tuple(range(array.ndim))[::-1]))
             spacing, origin, direction = itk_from_affine(image.affine)
+            if two_d:
+                spacing, origin, direction = spacing[:2], origin[:2], direction[:2, :2]
             itk.SetSpacing(tuple(float(s) for s in spacing))
             itk.SetOrigin(tuple(float(o) for o in origin))
             itk.SetDirection(tuple(float(d) for d in direction.ravel()))
