@@ -109,3 +109,37 @@ def test_inspect_verb_writes_profiles(tmp_path, capsys):
     assert sum(r["foreground"] == "True" for r in first) > 0
     assert f"{len(first)}/{len(first)} slices above 2 bits" in printed
     assert main(["-q", "inspect", str(sample), "--case", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_training_run_records_the_filter_and_evaluates_lesions(tmp_path):
+    """A tiny 2D run with the foreground filter: slice_filter.json counts the training slices with
+    foreground (validation is untouched), and the evaluation writes lesions.csv and the report sections."""
+    import json
+
+    import nibabel as nib
+
+    from delineo.evaluate.run import evaluate_run
+    from delineo.train.loop import train
+
+    from .conftest import phantom_experiment, write_msd
+
+    data = write_msd(tmp_path / "data", n=6)
+    raw = phantom_experiment(data, epochs=1, iterations_per_epoch=2)
+    raw["sampling"]["slice_filter"] = {"filters": ["foreground"]}
+    cfg = config_from_dict(raw)
+    run = train(cfg, tmp_path / "runs", 0, progress=False)
+    counts = json.loads((run / "slice_filter.json").read_text())
+    expected_total = expected_fg = 0
+    for cid in json.loads((run / "cases.json").read_text())["train"]:  # preprocessing keeps the grid here
+        label = np.asarray(nib.load(data / "labelsTr" / f"{cid}.nii.gz").dataobj)
+        expected_total += label.shape[2]
+        expected_fg += int((label > 0).any(axis=(0, 1)).sum())
+    assert counts["total"] == expected_total and counts["kept"]["foreground"] == expected_fg < expected_total
+    evaluate_run(run, progress=False)
+    html = (run / "report.html").read_text()
+    assert "Training-slice filter" in html and "Lesions" in html
+    assert (run / "metrics" / "lesions.csv").is_file()
+    from delineo.evaluate.table import read_cases_csv
+
+    for row in read_cases_csv(run / "metrics" / "cases.csv"):  # validation scored every slice
+        assert row["n_slices"] == np.asarray(nib.load(data / "labelsTr" / f"{row['case']}.nii.gz").dataobj).shape[2]
