@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "or cases.json (val)")
     p.add_argument("--aggregate", default=None, metavar="NAMES",
                    help="aggregations, comma-separated: mean_per_case, pooled, per_slice (default: all)")
-    p.add_argument("--lesions", default=None, metavar="SPEC",
-                   help="lesion-wise metrics: 'off', or settings such as connectivity=6,min_size=3,min_overlap=0.5")
+    p.add_argument("--lesions", default=None, metavar="SPEC", nargs="?", const="on",
+                   help="lesion-wise metrics (on by default): 'off', or settings such as "
+                        "connectivity=6,min_size=3,min_overlap=0.5")
     p.add_argument("--hd95", choices=["pooled", "max_directed"], default=None,
                    help="HD95 definition: pooled (MedPy, default) or max_directed (MONAI)")
     _add_common(p)
