@@ -84,8 +84,8 @@ def write_pipeline_file(path: str | Path, pf: PipelineFile) -> Path:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             zf.writestr("manifest.json", text)
             zf.writestr("manifest.sha256", sha256(text))
-            for name, data in entries.items():
-                zf.writestr(name, data)
+            for name, data in entries.items():  # float weights barely compress: stored, not deflated
+                zf.writestr(name, data, compress_type=zipfile.ZIP_STORED)
     return path
 
 
