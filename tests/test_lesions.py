@@ -128,6 +128,12 @@ def test_size_brackets_and_table_round_trip(tmp_path):
     assert summary["[0,10) voxels"]["n_ref"] == 1 and summary["[0,10) voxels"]["recall"] == 0.0
     assert summary["[10,400) voxels"]["recall"] == 1.0 and summary["[10,400) voxels"]["n_ref"] == 2
     assert summary["[1000,inf) voxels"]["recall"] == 1.0
+    # a second case with one missed 50-voxel lesion: pooled recall 3/5, mean per case (3/4 + 0) / 2
+    two = rows + [{"case": "c2", "label": "lesion", "side": "reference", "voxels": 50, "ml": 0.05,
+                   "status": "missed"}]
+    both = summarise_lesions(two, 2)["lesion"]
+    assert both["all"]["recall"] == pytest.approx(3 / 5) and both["all"]["recall_mean_per_case"] == pytest.approx(0.375)
+    assert both["[10,400) voxels"]["recall_mean_per_case"] == pytest.approx((1.0 + 0.0) / 2)
     # predicted lesions: 125, 27, 64 (FP) in [10,400); 400 and 500 in [400,1000)
     assert summary["[10,400) voxels"]["precision"] == pytest.approx(2 / 3)
     assert summary["[400,1000) voxels"]["precision"] == 1.0 and summary["[400,1000) voxels"]["recall"] is None

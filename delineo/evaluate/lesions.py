@@ -218,8 +218,9 @@ def summarise_lesions(
 
     ``n_cases`` (per label, or one number) divides false positives into FP per case. Returns
     ``{label: {"all" | bracket name: {n_ref, n_detected, recall, n_pred, n_correct, precision,
-    f1, fp, fp_per_case}}}``; a bracket's recall uses the reference lesions in it and its precision
-    the predicted lesions in it.
+    f1, fp, fp_per_case, recall_mean_per_case, precision_mean_per_case}}}``; a bracket's recall
+    uses the reference lesions in it and its precision the predicted lesions in it; the
+    ``*_mean_per_case`` values average over the cases holding such lesions.
     """
     if unit not in ("voxels", "ml"):
         raise ConfigError(f"size unit '{unit}' must be 'voxels' or 'ml'.")
@@ -243,6 +244,13 @@ def summarise_lesions(
 
 def _pooled(rows: Iterable[dict[str, Any]], n_cases: int) -> dict[str, float | int | None]:
     rows = list(rows)
+    per_case: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        per_case.setdefault(str(r["case"]), []).append(r)
+    case_recalls = [sum(r["status"] == "detected" for r in rs) / n for rs in per_case.values()
+                    if (n := sum(r["side"] == "reference" for r in rs))]
+    case_precisions = [sum(r["status"] == "correct" for r in rs) / n for rs in per_case.values()
+                       if (n := sum(r["side"] == "prediction" for r in rs))]
     n_ref = sum(r["side"] == "reference" for r in rows)
     n_det = sum(r["status"] == "detected" for r in rows)
     n_pred = sum(r["side"] == "prediction" for r in rows)
@@ -253,6 +261,9 @@ def _pooled(rows: Iterable[dict[str, Any]], n_cases: int) -> dict[str, float | i
         "n_ref": n_ref, "n_detected": n_det, "recall": recall, "n_pred": n_pred, "n_correct": n_cor,
         "precision": precision, "f1": _f1(recall, precision, False) if (n_ref or n_pred) else None,
         "fp": n_pred - n_cor, "fp_per_case": (n_pred - n_cor) / n_cases if n_cases else None,
+        # mean over the cases that have such lesions (a case without any has no recall to average)
+        "recall_mean_per_case": float(np.mean(case_recalls)) if case_recalls else None,
+        "precision_mean_per_case": float(np.mean(case_precisions)) if case_precisions else None,
     }
 
 

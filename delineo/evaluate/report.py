@@ -175,7 +175,8 @@ def _aggregation_table(agg: dict[str, Any]) -> str:
 
 
 def _lesion_table(by_label: dict[str, dict[str, dict[str, Any]]]) -> str:
-    cols = ("n_ref", "n_detected", "recall", "n_pred", "n_correct", "precision", "f1", "fp", "fp_per_case")
+    cols = ("n_ref", "n_detected", "recall", "recall_mean_per_case", "n_pred", "n_correct", "precision",
+            "precision_mean_per_case", "f1", "fp", "fp_per_case")
     head = "".join(f"<th>{c}</th>" for c in cols)
     lines = [f"<table><tr><th>label</th><th>size</th>{head}</tr>"]
     for label, brackets in by_label.items():
