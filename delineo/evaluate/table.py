@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from delineo.errors import InputError
-from delineo.evaluate.metrics import METRICS, score_case
+from delineo.evaluate.metrics import METRICS
 from delineo.io.atomic import write_text_atomic
 from delineo.io.files import case_name, is_image_file, read_image
 
