@@ -265,3 +265,17 @@ def test_delineo_pipeline_file_is_offered_and_runs(tmp_path, serve_models):
         data = c.get(f"/api/studies/{sid}/masks/{job['result']['mask']}/versions/1/mask.nii.gz").content
         arrays.append(np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(data)).dataobj))
     np.testing.assert_array_equal(arrays[0], arrays[1])  # one run as a pipeline predicts what the run predicts
+
+
+def test_structure_boundary_and_diameter():
+    from delineo.serve.analysis import boundary, components, largest_diameter
+
+    cube = np.zeros((7, 7, 7), np.uint8)
+    cube[2:5, 2:5, 2:5] = 2
+    edge = boundary(cube)
+    assert np.count_nonzero(edge) == 26 and edge[3, 3, 3] == 0 and set(np.unique(edge)) == {0, 2}
+    rows = components(cube, np.diag([2.0, 1.0, 1.0, 1.0]), {2: "lesion"})
+    assert rows[0]["volume_ml"] == pytest.approx(27 * 2 / 1000) and rows[0]["centre_voxel"] == [3, 3, 3]
+    assert rows[0]["diameter_mm"] == pytest.approx(np.sqrt(4 ** 2 + 2 ** 2 + 2 ** 2), abs=0.01)
+    flat = np.array([[x, y, 0.0] for x in range(20) for y in range(10)])  # one slice: hull is degenerate
+    assert largest_diameter(flat) == pytest.approx(np.hypot(19, 9), abs=1e-6)

@@ -162,6 +162,16 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
         shot(page, "05_label_hidden")
         assert hidden < shown * 0.05, (shown, hidden)
         page.check("#labels [data-label='2']")
+        page.wait_for_timeout(200)
+
+        # 5b. contours instead of the filled mask: far fewer coloured pixels, but some
+        filled = coloured(canvas_pixels(page), (0, 180, 220))
+        page.check("#outline")
+        page.wait_for_function("delineo.state.contour !== null && delineo.state.contour !== undefined")
+        page.wait_for_timeout(300)
+        outlined = coloured(canvas_pixels(page), (0, 180, 220))
+        shot(page, "05b_contours_only")
+        assert 50 < outlined < filled * 0.8, (filled, outlined)
 
         # 6. paint label 1 (anterior) with the brush, undo once, paint again, save the correction
         page.click("#tool-brush")

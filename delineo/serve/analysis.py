@@ -66,3 +66,16 @@ def components(mask: np.ndarray, affine: np.ndarray, labels: Mapping[int, str], 
                 "centre_mm": [round(float(v), 3) for v in (affine[:3, :3] @ inside + affine[:3, 3])],
             })
     return rows
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """The mask's contour voxels: labelled voxels with a 6-neighbour of another value (the
+    grid's edge counts as background). Shown instead of the filled mask in "contours only"."""
+    m = np.asarray(mask)
+    padded = np.pad(m, 1)
+    edge = np.zeros(m.shape, dtype=bool)
+    centre = padded[1:-1, 1:-1, 1:-1]
+    for axis in range(3):
+        for shift in (-1, 1):
+            edge |= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1] != centre
+    return np.where(edge & (m > 0), m, 0).astype(m.dtype)

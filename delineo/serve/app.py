@@ -339,6 +339,21 @@ def create_app(settings: Settings) -> FastAPI:
     async def mask_file(sid: str, mid: str, version: int):
         return FileResponse(ws.version_path(sid, mid, version), media_type="application/gzip")
 
+    @app.get("/api/studies/{sid}/masks/{mid}/versions/{version}/contour.nii.gz")
+    async def contour_file(sid: str, mid: str, version: int):
+        """The version's contour voxels (for the "contours only" display)."""
+
+        def make() -> bytes:
+            import gzip
+
+            import nibabel as nib
+
+            img = nib.load(str(ws.version_path(sid, mid, version)))
+            edge = analysis.boundary(np.asarray(img.dataobj).astype(np.uint8))
+            return gzip.compress(nib.Nifti1Image(edge, img.affine).to_bytes(), compresslevel=1)
+
+        return Response(await run_in_threadpool(make), media_type="application/gzip")
+
     @app.post("/api/studies/{sid}/masks/{mid}/versions", status_code=201)
     async def save_version(sid: str, mid: str, request: Request, parent: int, note: str = ""):
         """A corrected mask: the NIfTI bytes the viewer's drawing layer saved, as the body."""

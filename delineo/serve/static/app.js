@@ -78,8 +78,8 @@ function wire() {
   $("#reject").addEventListener("click", guard(() => setStatus("rejected")));
   document.querySelectorAll("[data-view]").forEach((b) => b.addEventListener("click", () => setView(b.dataset.view)));
   $("#window").addEventListener("change", () => applyWindow($("#window").value));
-  $("#opacity").addEventListener("input", () => { nv.setDrawOpacity(+$("#opacity").value); });
-  $("#outline").addEventListener("change", applyLut);
+  $("#opacity").addEventListener("input", () => { if (!state.contour) nv.setDrawOpacity(+$("#opacity").value); });
+  $("#outline").addEventListener("change", guard(showContours));
   $("#heat-visible").addEventListener("change", () => {
     if (state.heat) { state.heat.opacity = $("#heat-visible").checked ? 0.6 : 0; nv.updateGLVolume(); }
   });
@@ -129,7 +129,8 @@ async function refreshStudies() {
 }
 
 async function openStudy(study) {
-  state.study = study; state.mask = null; state.version = null; state.heat = null; state.dirty = false;
+  state.study = study; state.mask = null; state.version = null; state.heat = null; state.contour = null;
+  state.dirty = false;
   await refreshStudies();
   const pick = $("#series-pick");
   pick.hidden = study.status !== "pick-series";
@@ -186,9 +187,8 @@ async function showMask(mask, version) {
   if (model) for (const l of model.labels) colours[l.value] = l.color;
   state.labels = Object.entries(mask.model.labels).map(([v, n]) => ({ value: +v, name: n, color: colours[v] || [255, 0, 0] }));
   await nv.loadDrawingFromUrl(`/api/studies/${state.study.id}/masks/${mask.id}/versions/${state.version}/mask.nii.gz`);
-  nv.setDrawOpacity(+$("#opacity").value);
   state.dirty = false;
-  renderLabels(); applyLut(); updateReview();
+  renderLabels(); await showContours(); updateReview();
   await refreshStructures();
   document.body.dataset.maskVersion = `${mask.id}:${state.version}`;
 }
@@ -203,10 +203,24 @@ function applyLut() {
     names[l.value] = l.name;
   }
   nv.setDrawColormap({ R, G, B, A, labels: names });
-  // contours only: NiiVue outlines overlays; the drawing layer is shown outlined by making it
-  // nearly transparent and drawing its border
-  nv.overlayOutlineWidth = $("#outline").checked ? 1 : 0;
-  nv.drawScene();
+  if (state.contour) state.contour.setColormapLabel({ R, G, B, A, labels: names });
+  nv.updateGLVolume();
+}
+
+// "contours only": the drawing layer (the editable filled mask) is hidden and the server's
+// contour voxels of the shown version are overlaid with the same label colours
+async function showContours() {
+  if (state.contour) { nv.removeVolume(state.contour); state.contour = null; }
+  const on = $("#outline").checked && state.mask;
+  nv.setDrawOpacity(on ? 0 : +$("#opacity").value);
+  if (on) {
+    await nv.addVolumeFromUrl({ url: `/api/studies/${state.study.id}/masks/${state.mask.id}/versions/${state.version}/contour.nii.gz`,
+      name: "contour.nii.gz" });
+    state.contour = nv.volumes.find((v) => v.name === "contour.nii.gz") || nv.volumes[nv.volumes.length - 1];
+    state.contour.colorbarVisible = false;
+    state.contour.opacity = 1;
+  }
+  applyLut();
 }
 
 function renderLabels() {
@@ -296,6 +310,7 @@ function tool(name) {
   for (const b of ["nav", "brush", "eraser"]) $(`#tool-${b}`).classList.toggle("on", b === name);
   if (name === "nav") { nv.setDrawingEnabled(false); return; }
   if (!state.mask) { status("Run a model first: the brush edits its mask.", true); tool("nav"); return; }
+  if ($("#outline").checked) { $("#outline").checked = false; showContours(); }  // edit the filled mask
   nv.setDrawingEnabled(true);
   nv.opts.penSize = +$("#pen").value;
   nv.setPenValue(name === "brush" ? +$("#pen-label").value : 0, false);
