@@ -81,7 +81,7 @@ class SegmentConfig(Strict):
         return self
 
 
-class _Prepared:
+class PreparedCase:
     """Preprocessed input of one case, shared by members with the same preprocessing."""
 
     def __init__(self, images) -> None:
@@ -145,7 +145,7 @@ class SegmentStage(Stage):
         return augmentations(m.cfg, m.meta, self.tta["flip"], bool(self.tta["rot90"]))
 
     # ------------------------------------------------------------- prediction
-    def member_probs(self, i: int, prepared: _Prepared, options: RunOptions, folds: Optional[list[int]] = None,
+    def member_probs(self, i: int, prepared: PreparedCase, options: RunOptions, folds: Optional[list[int]] = None,
                      augs: Optional[list[Augmentation]] = None, spread: Optional[Welford] = None) -> np.ndarray:
         """Member ``i``'s probabilities (1 + L, *S) on the input grid: the mean over its folds
         (``folds``, default all) and augmentations; each sample goes into ``spread`` if given."""
@@ -178,7 +178,7 @@ class SegmentStage(Stage):
         return fuse(member_probs, self.fusion), None
 
     def predict(self, case: CaseData, options: RunOptions) -> StageOutput:
-        prepared = _Prepared(case.images)
+        prepared = PreparedCase(case.images)
         spread = Welford() if options.uncertainty == "variance" else None
         member_probs = []
         for i, member in enumerate(self.members):
@@ -278,7 +278,7 @@ class SegmentStage(Stage):
         from delineo.evaluate.metrics import score_case
 
         for vc in cases:
-            prepared = _Prepared(vc.case.images)
+            prepared = PreparedCase(vc.case.images)
             # per member and augmentation: out-of-fold probabilities on the preprocessed grid
             per_aug: list[dict[Augmentation, np.ndarray]] = []
             for i, m in enumerate(self.members):
