@@ -1,0 +1,83 @@
+"""The installable package: a wheel built from the repository (not editable) holds the code,
+the example experiments, the recipes and the sample data, and once installed into a fresh venv
+``delineo`` works from an unrelated folder: --help, the recipes, and the demo experiment's first
+training steps on the sample data inside the installed package.
+
+Cheap by design: the wheel is installed with --no-deps into a venv without pip, and that venv
+reaches the project venv's dependencies (torch, ...) through a .pth path line. A path added so
+is not a site directory, so the project's editable-install hook is not run and the import of
+``delineo`` must come from the wheel (checked)."""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 300, **env: str) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    assert done.returncode == 0, f"{' '.join(map(str, cmd))}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+          "-w", str(out), str(ROOT)], cwd=out, timeout=600)
+    wheels = list(out.glob("delineo-*.whl"))
+    assert len(wheels) == 1
+    return wheels[0]
+
+
+def test_wheel_holds_examples_recipes_and_sample_data(wheel: Path):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ["delineo/cli.py", "delineo/sample_data/demo.yaml",
+                   "delineo/sample_data/hippocampus/dataset.json",
+                   "delineo/sample_data/headneck_standin/folds.h5",
+                   "delineo/sample_data/ct_liver/LICENSE.txt",
+                   *[f"delineo/recipes/{n}/README.md" for n in
+                     ["brain_tumour", "headneck_petct", "liver", "pneumothorax", "wmh"]],
+                   "delineo/recipes/liver/lesion.yaml"]:
+        assert needed in names, needed
+    assert len([n for n in names if n.startswith("delineo/sample_data/hippocampus/imagesTr/")]) == 48
+    examples = sorted(n for n in names if n.startswith("delineo/examples/") and n.endswith(".yaml"))
+    if (ROOT / "delineo" / "examples").is_dir():  # examples inside the package (the packaging fix)
+        assert len(examples) == len(list((ROOT / "delineo" / "examples").glob("*.yaml")))
+    assert not any(n.startswith(("tests/", "docs/", "benchmarks/")) for n in names)
+
+
+def test_installed_wheel_runs_from_any_folder(wheel: Path, tmp_path: Path):
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
+    py = venv / "bin" / "python"
+    fresh_site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           cwd=tmp_path).strip())
+    (fresh_site / "project_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    _run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+         cwd=tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    located = _run([str(py), "-c", "import delineo, delineo.demo as d; print(delineo.__file__); print(d.SAMPLE_DIR)"],
+                   cwd=work).split()
+    assert all(Path(p).is_relative_to(fresh_site) for p in located), located
+    delineo = str(venv / "bin" / "delineo")
+    assert "recipe" in _run([delineo, "--help"], cwd=work)
+    assert "brain_tumour" in _run([delineo, "recipe", "list"], cwd=work)
+    # the demo's first steps: its experiment, on the sample data inside the installed package
+    _run([delineo, "-q", "train", str(Path(located[1]) / "demo.yaml"), "--fold", "0", "--no-evaluate",
+          "--set", "train.epochs=1", "--set", "train.iterations_per_epoch=1", "--set", "train.val_every=5",
+          "--set", "model.filters=[4,8]", "--set", "sampling.batch_size=1", "--set", "train.max_minutes=null",
+          "--set", "data.max_cases=12"], cwd=work)
+    assert (work / "runs" / "demo-hippocampus" / "fold_0" / "checkpoints" / "best.pt").is_file()
+    _run([delineo, "recipe", "copy", "wmh", "my_wmh"], cwd=work)
+    assert str(fresh_site) in (work / "my_wmh" / "experiment.yaml").read_text()
