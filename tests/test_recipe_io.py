@@ -174,3 +174,31 @@ def test_npy_round_trip_keeps_the_input_shape(tmp_path: Path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="obj.npy: not a readable .npy array"):
         read_image(tmp_path / "obj.npy")
+
+
+def test_siim_dicoms_and_run_length_csv_become_an_msd_folder(tmp_path: Path):
+    from delineo.cli import main
+    from delineo.config import DataConfig
+    from delineo.data.sources import load_dataset
+
+    src = tmp_path / "dicom-images-train" / "study" / "series"
+    src.mkdir(parents=True)
+    pixels = np.arange(6 * 8, dtype=np.uint8).reshape(6, 8)
+    _dx(src / "1.2.3.dcm", pixels, "MONOCHROME2", "PA")
+    _dx(src / "1.2.4.dcm", pixels, "MONOCHROME1", "AP")
+    a = np.zeros((6, 8), np.uint8)
+    a[1:3, 2] = 1
+    b = np.zeros((6, 8), np.uint8)
+    b[5, 6:8] = 1
+    rle = tmp_path / "train-rle.csv"
+    rle.write_text(f"ImageId, EncodedPixels\n1.2.3, {encode(a)}\n1.2.3, {encode(b)}\n1.2.4, -1\n9.9.9, -1\n")
+    out = tmp_path / "siim"
+    assert main(["-q", "convert-siim", str(tmp_path / "dicom-images-train"), str(rle), str(out)]) == 0
+    ds = load_dataset(DataConfig(source={"type": "msd", "path": str(out)}))
+    assert [c.case_id for c in ds.cases] == ["1.2.3", "1.2.4"] and ds.labels == {1: "pneumothorax"}
+    images, label = ds.cases[0].load()
+    assert np.array_equal(label.array[:, :, 0].T, a | b)  # two rows of one image merged
+    assert np.array_equal(images[0].array[:, :, 0].T, pixels) and label.same_grid(images[0])
+    assert np.allclose(images[0].spacing, [0.1, 0.2, 1.0])
+    assert (out / "views.csv").read_text().splitlines() == ["ImageId,ViewPosition", "1.2.3,PA", "1.2.4,AP"]
+    assert main(["-q", "convert-siim", str(tmp_path / "dicom-images-train"), str(rle), str(out)]) == 2

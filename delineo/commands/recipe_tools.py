@@ -101,3 +101,20 @@ def cmd_error_overlap(args: argparse.Namespace) -> int:
     for i, (name, row) in enumerate(zip(names, m)):
         print(f"{i} {name:<{width - 2}}" + "".join(f"{v:8.3f}" for v in row))
     return 0
+
+
+def _siim_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dicoms", type=Path, help="folder with the SIIM .dcm files (any depth; file name = ImageId)")
+    p.add_argument("rle_csv", type=Path, help="train-rle.csv (ImageId, EncodedPixels)")
+    p.add_argument("output", type=Path, help="new MSD folder (imagesTr/, labelsTr/, dataset.json, views.csv)")
+    p.add_argument("--flavour", choices=["relative", "absolute"], default="relative",
+                   help="run-length flavour of the CSV (relative: the challenge's train-rle.csv)")
+    p.add_argument("--max-images", type=int, default=None, help="convert only the first N images (quick runs)")
+
+
+@verb("convert-siim", "turn SIIM-ACR pneumothorax DICOMs + train-rle.csv into an MSD folder", _siim_args)
+def cmd_convert_siim(args: argparse.Namespace) -> int:
+    from delineo.io.siim import convert_siim
+
+    print(convert_siim(args.dicoms, args.rle_csv, args.output, args.flavour, args.max_images))
+    return 0
