@@ -292,6 +292,12 @@ def test_region_training_and_cascade_pipeline_end_to_end(cascade_runs: Path, tmp
     mask, _, _ = loaded.predict_images([image])
     assert np.array_equal(mask.array, parts)
     assert any("cascade inside stage organ" in line for line in loaded.describe())
+    # on its own, a region-trained run refuses whole images (it needs an organ) in one sentence
+    from delineo.errors import InputError
+    from delineo.infer.predictor import Predictor
+
+    with pytest.raises(InputError, match="restricted to an organ"):
+        Predictor.from_checkpoint(run2, device="cpu").predict_images([image])
 
 
 def test_gate_pipeline_end_to_end_threshold_searched_out_of_fold(tmp_path: Path):
@@ -337,3 +343,74 @@ def json_cases(run: Path) -> list[str]:
     import json
 
     return json.loads((run / "cases.json").read_text())["val"]
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PIPELINE_EXAMPLES = {"liver_cascade_pipeline": ("liver", "liver_lesion"),
+                     "pneumothorax_gate_pipeline": ("pneumothorax_unet", "pneumothorax_classifier")}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE_EXAMPLES))
+def test_example_pipelines_validate_and_point_at_example_runs(name: str):
+    from delineo.config import load_config
+    from delineo.infer.pipeline.config import load_pipeline_config
+
+    text = (EXAMPLES / f"{name}.yaml").read_text()
+    assert text.startswith("#")
+    cfg, sections = load_pipeline_config(EXAMPLES / f"{name}.yaml")
+    runs = [r for s in sections for r in (getattr(s, "runs", None) or [])]
+    assert [r.split("/")[2] for r in runs] == list(PIPELINE_EXAMPLES[name])
+    for exp in PIPELINE_EXAMPLES[name]:  # each stage's experiment trains as is on embedded data
+        ecfg = load_config(EXAMPLES / f"{exp}.yaml")
+        assert ecfg.name == exp and "sample_data" in ecfg.data.source.path
+    lesion = load_config(EXAMPLES / "liver_lesion.yaml")
+    assert lesion.preprocess.region.labels == [1, 2] and lesion.data.labels == {2: "tumour"}
+
+
+def _quick_example_runs(root: Path, names: list[str], extra: dict[str, list[str]]) -> None:
+    from delineo.config import load_config
+    from delineo.train.loop import train
+
+    quick = ["data.max_cases=8", "train.epochs=2", "train.iterations_per_epoch=3", "train.num_threads=2",
+             "train.device=cpu", "sampling.batch_size=2", "train.early_stopping_patience=null",
+             "train.val_every=100"]
+    for name in names:  # fold 0 only: these pipelines search nothing, so no out-of-fold cases are needed
+        train(load_config(EXAMPLES / f"{name}.yaml", quick + extra.get(name, [])), root / "runs", fold=0,
+              progress=False)
+
+
+def _example_pipeline_here(name: str, root: Path) -> Path:
+    data = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    for stage in data["stages"]:
+        if "runs" in stage:
+            stage["runs"] = [r.replace("../runs/", "runs/") for r in stage["runs"]]
+    out = root / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
+@pytest.mark.soak
+def test_liver_cascade_example_builds_and_predicts_on_the_ct_sample(tmp_path: Path):
+    """examples/liver_cascade_pipeline.yaml with its two experiments (shrunk: ResNet-18, small
+    U-Net) on the embedded CT sample: builds, predicts, maps back exactly (liver label = the
+    cleaned stage-1 liver, nothing outside it, the CT's own grid)."""
+    from delineo.infer.pipeline.build import build_pipeline
+    from delineo.infer.pipeline.runner import Pipeline
+    from delineo.io.files import read_image
+
+    shrink = {"liver": ["model.backbone=resnet18", "model.channels=32", "sampling.patch_size=[64,64]"],
+              "liver_lesion": ["model.filters=[8,16,32]", "preprocess.region.size=[64,64]",
+                               "sampling.patch_size=[64,64]"]}
+    _quick_example_runs(tmp_path, ["liver", "liver_lesion"], shrink)
+    written, _ = build_pipeline(_example_pipeline_here("liver_cascade_pipeline", tmp_path),
+                                tmp_path / "liver.delineo", device="cpu", progress=False)
+    pipe = Pipeline.load(written, "cpu")
+    assert pipe.labels == {1: "liver", 2: "tumour"}
+    sample = EXAMPLES.parent / "delineo" / "sample_data" / "ct_liver" / "imagesTr" / "liver_003_0000.nii.gz"
+    image = read_image(sample)
+    case = pipe.run_case(CaseData([image], "liver_003"))
+    liver, out = case.outputs["liver_clean"].mask, case.outputs["lesion"].mask
+    assert out.shape == image.spatial_shape and np.array_equal(out == 1, (liver > 0) & (out != 2))
+    assert not np.any(out[liver == 0])
+    mask, _, _ = pipe.predict_images([image])
+    assert np.array_equal(mask.array, out) and np.allclose(mask.affine, image.affine)
