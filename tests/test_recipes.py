@@ -126,3 +126,14 @@ def test_brain_tumour_recipe_on_real_glioblastoma_data(tmp_path: Path):
     log = (runs / "brain_tumour" / "fold_0" / "log.csv").read_text().splitlines()
     header, last = log[0].split(","), log[-1].split(",")
     assert 0 <= float(last[header.index("val_dice_tumour")]) <= 1  # validated on the held-out patient's scans
+
+
+@pytest.mark.parametrize("name", ["liver", "pneumothorax"])
+def test_recipe_pipeline_files_validate_and_name_the_recipe_runs(name: str):
+    from delineo.infer.pipeline.config import pipeline_from_dict
+
+    path = recipes.recipe_path(name) / "pipeline.yaml"
+    cfg, sections = pipeline_from_dict(yaml.safe_load(path.read_text()), str(path))
+    trained = {load_config(p).name for p in recipes.experiment_files(name)}
+    named = {Path(r).parts[1] for s in sections for r in (getattr(s, "runs", None) or [])}
+    assert named == trained, (named, trained)
