@@ -304,3 +304,42 @@ def test_example_pipeline_file_validates():
 
     cfg, sections = load_pipeline_config(Path(__file__).parents[1] / "examples" / "hippocampus_ensemble_pipeline.yaml")
     assert [s.kind for s in sections] == ["segment", "postprocess"] and sections[0].tta.flip == "search"
+
+
+def test_pipeline_writes_dicom_outputs_with_its_colours(tmp_path: Path):
+    """A .delineo file through predict's DICOM writers on the real CT series; a hand-built
+    network that labels every voxel 1 gives a known mask."""
+    from tests.conftest import needs_shared
+
+    data = needs_shared()
+    import pydicom
+
+    from delineo.infer.pipeline.members import Fold, Member
+    from delineo.infer.pipeline.runner import Pipeline
+    from delineo.infer.pipeline.segment import SegmentStage
+    from delineo.infer.predictor import build_model
+    from delineo.io.dicom import read_dicom_series
+    from delineo.io.dicom_seg import read_dicom_seg
+    from delineo.modelfile.checkpoint import ModelMeta
+
+    raw = phantom_experiment(tmp_path)
+    raw["preprocess"]["intensity"] = [{"preset": "ct", "window": [-250, 250]}]
+    cfg = config_from_dict(raw)
+    meta = ModelMeta(1, 2, 2, "2d", [64, 64], 2, 0, {1: "liver"}, ["CT"], 16)
+    state = {k: torch.zeros_like(v) for k, v in build_model(cfg, meta).state_dict().items()}
+    last_bias = [k for k, v in state.items() if k.endswith("bias") and v.shape == (2,)][-1]
+    state[last_bias] = torch.tensor([0.0, 5.0])
+    for k in state:
+        if k.endswith("running_var"):
+            state[k] = torch.ones_like(state[k])
+    pipe = Pipeline("all-liver", [SegmentStage("seg", [Member("m", [Fold(cfg.to_dict(), meta.to_dict(), state)])])],
+                    colours={1: [10, 200, 30]})
+    model = pipe.save(tmp_path / "all.delineo")
+    src = data / "ct-abdomen" / "dicom"
+    ct = read_dicom_series(src)
+    _predict(model, src, tmp_path / "seg.dcm", "--format", "dicom-seg")
+    seg = read_dicom_seg(tmp_path / "seg.dcm", ct, labels={1: "liver"})
+    assert seg.same_grid(ct) and (seg.array == 1).all()
+    _predict(model, src, tmp_path / "rt.dcm", "--format", "rtstruct")
+    rt = pydicom.dcmread(tmp_path / "rt.dcm")
+    assert [int(c) for c in rt.ROIContourSequence[0].ROIDisplayColor] == [10, 200, 30]
