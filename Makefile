@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test soak install clean bench
+.PHONY: demo test soak install clean bench coverage docs
 
 $(BIN)/delineo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ test: install
 # Long fault-injection, fuzz and load runs: not part of `make test`.
 soak: install
 	$(BIN)/python -m pytest -q -m soak --durations=15
+
+# Line coverage of the default suite (the figure in the README): terminal table + coverage.json.
+coverage: install
+	$(BIN)/python -m pytest -q --cov=delineo --cov-report=term:skip-covered --cov-report=json:coverage.json
+
+# The documentation site, strict: a broken link or a missing reference fails the build.
+docs: install
+	$(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python benchmarks/hippocampus.py
