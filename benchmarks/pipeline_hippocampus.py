@@ -48,8 +48,10 @@ def main() -> int:
     ap.add_argument("--flip-axes", default="0", help="axes the folds are trained to flip (p = 0.5); '' for none")
     ap.add_argument("--max-cases", type=int, default=40, help="out-of-fold cases per search")
     ap.add_argument("--test-cases", type=int, default=None, help="only the first N test cases (CPU time)")
-    ap.add_argument("--skip-train", action="store_true", help="reuse the runs already in --runs")
+    ap.add_argument("--skip-train", action="store_true", help="train nothing (runs already holding a model are "
+                    "always reused)")
     ap.add_argument("--fusion-minutes", type=float, default=0.0)
+    ap.add_argument("--no-ensemble", action="store_true", help="only the fusion comparison")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -73,8 +75,9 @@ def main() -> int:
     runs = args.runs or args.out / "runs"
     t0 = time.perf_counter()
     if not args.skip_train:
-        for fold in range(args.folds):
-            train(cfg, runs, fold, progress=False)
+        for fold in range(args.folds):  # runs that already hold a model are reused
+            if not (runs / cfg.name / f"fold_{fold}" / "checkpoints" / "best.pt").is_file():
+                train(cfg, runs, fold, progress=False)
     t_train = time.perf_counter() - t0
     exp = runs / cfg.name
     splits = json.loads((exp / "splits.json").read_text())
@@ -89,10 +92,12 @@ def main() -> int:
         logging.info("%s built in %.0f s", name, time.perf_counter() - t1)
         return path, pipe
 
-    full_path, full = build("ensemble_full", [
-        {"name": "seg", "kind": "segment", "runs": every, "tta": {"flip": "search"}},
-        {"name": "clean", "kind": "postprocess", "threshold": "search", "steps": "search"}])
-    seg, clean = full.stages
+    full = None
+    if not args.no_ensemble:
+        full_path, full = build("ensemble_full", [
+            {"name": "seg", "kind": "segment", "runs": every, "tta": {"flip": "search"}},
+            {"name": "clean", "kind": "postprocess", "threshold": "search", "steps": "search"}])
+        seg, clean = full.stages
     zoo = None
     if args.fusion_minutes > 0:
         members = [{"name": "unet_3d", "runs": [every[0]]}]
@@ -101,14 +106,14 @@ def main() -> int:
                                       "sampling.batch_size=16", "name=hippocampus_2d"]}.items():
             zcfg = load_config(ROOT / "examples" / "hippocampus.yaml",
                                [*base, "augment.flip.p=0.0", f"train.max_minutes={args.fusion_minutes}", *sets])
-            if not args.skip_train:
+            if not args.skip_train and not (runs / zcfg.name / "fold_0" / "checkpoints" / "best.pt").is_file():
                 train(zcfg, runs, 0, progress=False)
             members.append({"name": key, "runs": [str((runs / zcfg.name / "fold_0").resolve())]})
         _, zoo = build("zoo_fusion", [{"name": "seg", "kind": "segment", "members": members, "combine": "fusion"}])
 
     ds = load_dataset(cfg.data)
     by_id = {c.case_id: c for c in ds.cases}
-    labels = seg.labels
+    labels = (full or zoo).stages[0].labels  # type: ignore[union-attr]
     values = list(labels)
     rows: dict[str, list[dict]] = {}
     secs: dict[str, list[float]] = {}
@@ -124,36 +129,37 @@ def main() -> int:
     for n, cid in enumerate(test_ids):
         images, label = by_id[cid].load()
         ref, spacing = np.asarray(label.array), label.spacing
-        t_pre = time.perf_counter()
-        prepared = PreparedCase(images)
-        prepared.get(seg.members[0])
-        t_pre = time.perf_counter() - t_pre
-        per_fold, per_fold_tta, fold_s, fold_tta_s = [], [], [], []
-        for k in range(args.folds):
+        if full is not None:
+            t_pre = time.perf_counter()
+            prepared = PreparedCase(images)
+            prepared.get(seg.members[0])
+            t_pre = time.perf_counter() - t_pre
+            per_fold, per_fold_tta, fold_s, fold_tta_s = [], [], [], []
+            for k in range(args.folds):
+                t1 = time.perf_counter()
+                per_fold.append(seg.member_probs(0, prepared, opts, [k], ident))
+                fold_s.append(time.perf_counter() - t1)
+                t1 = time.perf_counter()
+                per_fold_tta.append(seg.member_probs(0, prepared, opts, [k], seg.augs(0)[1:]) if len(seg.augs(0)) > 1
+                                    else per_fold[-1])
+                fold_tta_s.append(time.perf_counter() - t1)
+            for k in range(args.folds):
+                score(f"fold {k}", mask_from_probs(per_fold[k], values), ref, spacing, t_pre + fold_s[k])
+            mean = np.mean(per_fold, axis=0)
+            score("ensemble (mean of folds)", mask_from_probs(mean, values), ref, spacing, t_pre + sum(fold_s))
+            n_aug = len(seg.augs(0))
+            tta = (mean + np.mean(per_fold_tta, axis=0) * (n_aug - 1)) / n_aug if n_aug > 1 else mean
+            t_tta = t_pre + sum(fold_s) + sum(fold_tta_s) * (n_aug > 1)
+            score("ensemble + chosen TTA", mask_from_probs(tta, values), ref, spacing, t_tta)
             t1 = time.perf_counter()
-            per_fold.append(seg.member_probs(0, prepared, opts, [k], ident))
-            fold_s.append(time.perf_counter() - t1)
-            t1 = time.perf_counter()
-            per_fold_tta.append(seg.member_probs(0, prepared, opts, [k], seg.augs(0)[1:]) if len(seg.augs(0)) > 1
-                                else per_fold[-1])
-            fold_tta_s.append(time.perf_counter() - t1)
-        for k in range(args.folds):
-            score(f"fold {k}", mask_from_probs(per_fold[k], values), ref, spacing, t_pre + fold_s[k])
-        mean = np.mean(per_fold, axis=0)
-        score("ensemble (mean of folds)", mask_from_probs(mean, values), ref, spacing, t_pre + sum(fold_s))
-        n_aug = len(seg.augs(0))
-        tta = (mean + np.mean(per_fold_tta, axis=0) * (n_aug - 1)) / n_aug if n_aug > 1 else mean
-        t_tta = t_pre + sum(fold_s) + sum(fold_tta_s) * (n_aug > 1)
-        score("ensemble + chosen TTA", mask_from_probs(tta, values), ref, spacing, t_tta)
-        t1 = time.perf_counter()
-        cleaned = clean.apply(StageOutput(tta, labels, mask_from_probs(tta, values)), spacing)
-        score("ensemble + TTA + post-processing", cleaned, ref, spacing, t_tta + time.perf_counter() - t1)
-        if not checked:  # the shortcut equals the saved file's own prediction
-            saved = Pipeline.load(full_path, "cpu")
-            mask, _, _ = saved.predict_images(images)
-            agree = float(np.mean(np.asarray(mask.array) == cleaned))
-            logging.info("check on %s: saved pipeline vs shortcut agree on %.6f of voxels", cid, agree)
-            checked = True
+            cleaned = clean.apply(StageOutput(tta, labels, mask_from_probs(tta, values)), spacing)
+            score("ensemble + TTA + post-processing", cleaned, ref, spacing, t_tta + time.perf_counter() - t1)
+            if not checked:  # the shortcut equals the saved file's own prediction
+                saved = Pipeline.load(full_path, "cpu")
+                mask, _, _ = saved.predict_images(images)
+                agree = float(np.mean(np.asarray(mask.array) == cleaned))
+                logging.info("check on %s: saved pipeline vs shortcut agree on %.6f of voxels", cid, agree)
+                checked = True
         if zoo is not None:
             zs = zoo.stages[0]
             zp = PreparedCase(images)
@@ -172,7 +178,7 @@ def main() -> int:
 
     names = list(labels.values())
     mean_of = {k: float(np.mean([np.mean([r[n] for r in v]) for n in names])) for k, v in rows.items()}
-    best = max((k for k in rows if k.startswith("fold ")), key=lambda k: mean_of[k])
+    best = max((k for k in rows if k.startswith(("fold ", "zoo member"))), key=lambda k: mean_of[k])
     print(f"\n== hippocampus pipelines, held-out test split ({len(test_ids)} cases); {args.folds} folds, "
           f"budget {args.minutes:g} min in all" + (f" ({t_train / 60:.1f} min wall)" if t_train > 1 else ""))
     print(f"| model | {' | '.join(names)} | mean Dice | s/case |")
@@ -182,7 +188,8 @@ def main() -> int:
         print(f"| {k}{tag} | " + " | ".join(f"{np.mean([r[n] for r in v]):.4f}" for n in names)
               + f" | {mean_of[k]:.4f} | {np.mean(secs[k]):.2f} |")
     print("\nchosen on out-of-fold cases:")
-    print("\n".join(full.describe()))
+    if full is not None:
+        print("\n".join(full.describe()))
     if zoo is not None:
         print("\n".join(zoo.describe()))
     print(f"peak memory {peak_mb():.0f} MB")
