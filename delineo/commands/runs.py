@@ -1,4 +1,4 @@
-"""``delineo runs``: list, show, compare, rank, export, delete and import experiment runs.
+"""``delineo runs``: create, list, show, compare, rank, export, delete and import experiment runs.
 
 The database is ``--db`` (a SQLite file or a ``postgresql://`` URL), else ``DELINEO_DB``, else
 ``RUNS/delineo.db`` (``--runs``, default ``runs``): the same one ``delineo train`` writes to.
@@ -34,6 +34,11 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 def _args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = sub.add_parser("create", help="register an experiment file (validated) with a description, before any run")
+    a.add_argument("experiment", type=Path, help="experiment file (YAML or JSON)")
+    a.add_argument("--description", default=None, help="what the experiment is for")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _common(a)
     a = sub.add_parser("list", help="one line per run")
     _filters(a)
     a.add_argument("--metric", default="val_dice", help="metric whose best value is shown (default val_dice)")
@@ -111,6 +116,18 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _filter_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"experiment": args.experiment, "status": args.status, "fold": args.fold}
+
+
+@action("create")
+def _create(args: argparse.Namespace) -> int:
+    from delineo.config import load_config
+    from delineo.track.store import create_experiment
+
+    cfg = load_config(args.experiment, args.overrides)
+    with _store(args) as store:
+        eid = create_experiment(store, cfg.name, cfg.to_dict(), args.description)
+    print(f"experiment {eid}: {cfg.name}" + (f" ({args.description})" if args.description else ""))
+    return 0
 
 
 @action("list")
