@@ -343,3 +343,24 @@ def test_pipeline_writes_dicom_outputs_with_its_colours(tmp_path: Path):
     _predict(model, src, tmp_path / "rt.dcm", "--format", "rtstruct")
     rt = pydicom.dcmread(tmp_path / "rt.dcm")
     assert [int(c) for c in rt.ROIContourSequence[0].ROIDisplayColor] == [10, 200, 30]
+
+
+def test_searches_use_out_of_fold_cases_only():
+    """A case is searched on only if every member has a fold that validated on it, and it is
+    predicted by exactly those folds; test cases (in no fold's validation list) never are."""
+    from delineo.infer.pipeline.build import RunBuildContext
+    from delineo.infer.pipeline.members import Fold, Member
+
+    def fold(train, val):
+        return Fold({}, {}, {}, "", set(train), list(val))
+
+    # cases a..f; "t" is a held-out test case that no fold trained or validated on
+    k_fold = Member("kfold", [fold("cdef", "ab"), fold("abef", "cd"), fold("abcd", "ef")])
+    single = Member("single", [fold("abcdef", "")]), Member("f0", [fold("cdef", "ab")])
+    ctx = RunBuildContext(Path("."), torch.device("cpu"))
+    assert ctx.eligible([k_fold]) == [(c, [[i // 2]]) for i, c in enumerate("abcdef")]
+    assert ctx.eligible([k_fold, single[1]]) == [("a", [[0], [0]]), ("b", [[0], [0]])]
+    assert ctx.eligible([single[0]]) == []
+    assert k_fold.usable_folds("t") == [0, 1, 2] and k_fold.usable_folds("c") == [1]
+    ctx.max_cases = 3
+    assert [c for c, _ in ctx.eligible([k_fold])] == ["a", "c", "f"]
