@@ -8,12 +8,15 @@ with ``@model_loader(name, test)`` instead of adding a branch to ``delineo.infer
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from delineo.errors import InputError
 from delineo.io.image import Image
+
+log = logging.getLogger(__name__)
 
 
 class CasePredictor(Protocol):
@@ -32,7 +35,7 @@ class CasePredictor(Protocol):
 @dataclass
 class LoadOptions:
     device: str = "auto"
-    tta: bool = False
+    tta: Optional[bool] = None  # None: the model's own setting
     uncertainty: Optional[str] = None  # "variance" or "entropy": a map written beside the mask
 
 
@@ -81,6 +84,9 @@ class _PipelinePredictor:
         if opts.uncertainty and opts.uncertainty not in UNCERTAINTY:
             raise InputError(f"--uncertainty {opts.uncertainty}: choose one of {', '.join(UNCERTAINTY)}.")
         self.pipeline = Pipeline.load(path, opts.device)
+        if opts.tta:
+            log.warning("%s: --tta ignored; a pipeline's test-time augmentation was chosen when it was built "
+                        "(see delineo info)", path)
         self.uncertainty = opts.uncertainty
         self.name = self.pipeline.name
         self.channels = self.pipeline.channels
