@@ -109,7 +109,7 @@ model_loader("pipeline", _is_pipeline)(_PipelinePredictor)
 model_loader("checkpoint", lambda path: True)(_CheckpointPredictor)
 
 
-def load_predictor(path: str | Path, device: str = "auto", tta: bool = False,
+def load_predictor(path: str | Path, device: str = "auto", tta: Optional[bool] = None,
                    uncertainty: Optional[str] = None) -> CasePredictor:
     """The first registered loader that recognises ``path``."""
     path = Path(path)
