@@ -465,9 +465,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - PyYAML raises AttributeError etc. on hostile tags (!!timestamp x)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not valid YAML/JSON ({first}).") from None
+        raise ConfigError(f"{path}: not valid YAML/JSON ({first[:160]}).") from None
     data = apply_overrides(data or {}, overrides or [])
     return config_from_dict(data, source=str(path), base_dir=path.parent)
 

@@ -340,6 +340,12 @@ def read_series(info: SeriesInfo, *, pet_suv: bool = True, label: str | None = N
     modality = str(datasets[0].get("Modality", "") or "").upper()
 
     volume = _read_pixels(files, datasets, modality, pet_suv=pet_suv)
+    if np.issubdtype(volume.dtype, np.floating):
+        bad = ~np.isfinite(volume)
+        if bad.any():
+            k = int(np.argwhere(bad)[0][-1])
+            raise InputError(f"{files[k]}: {int(bad.sum())} voxel(s) of the series are NaN or infinite after "
+                             "rescaling (check RescaleSlope/RescaleIntercept).")
     first = datasets[0]
     meta: dict[str, Any] = {
         "path": where,
@@ -383,6 +389,20 @@ def _need(ds, path: Path, keyword: str):
     return value
 
 
+def _numbers(ds, path: Path, keyword: str, count: int, positive: bool = False) -> np.ndarray:
+    """A required multi-valued numeric attribute, checked: hostile files hold text, NaN, too few
+    values or zero spacings here, and each must be one sentence rather than a traceback."""
+    value = _need(ds, path, keyword)
+    try:
+        arr = np.asarray(list(value) if not isinstance(value, (str, bytes)) else [value], dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: DICOM attribute {keyword} is not numeric ({str(value)[:60]!r}).") from None
+    if arr.size != count or not np.all(np.isfinite(arr)) or (positive and np.any(arr <= 0)):
+        need = f"{count} finite{' positive' if positive else ''} numbers"
+        raise InputError(f"{path}: DICOM attribute {keyword} is {arr.tolist()}, expected {need}.")
+    return arr
+
+
 def _series_geometry(headers: list[tuple[Path, Any]], where: str) -> dict[str, Any]:
     """Slice order and RAS affine of a single-frame series, or InputError for unusable geometry."""
     for path, ds in headers:
@@ -395,26 +415,30 @@ def _series_geometry(headers: list[tuple[Path, Any]], where: str) -> dict[str, A
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             raise InputError(f"{path}: colour image (SamplesPerPixel {ds.SamplesPerPixel}); a greyscale series is expected.")
     path0, ds0 = headers[0]
-    iop0 = np.asarray(_need(ds0, path0, "ImageOrientationPatient"), dtype=np.float64)
-    ps0 = np.asarray(_need(ds0, path0, "PixelSpacing"), dtype=np.float64)
+    iop0 = _numbers(ds0, path0, "ImageOrientationPatient", 6)
+    ps0 = _numbers(ds0, path0, "PixelSpacing", 2, positive=True)
     shape0 = (int(_need(ds0, path0, "Rows")), int(_need(ds0, path0, "Columns")))
     positions = []
     for path, ds in headers:
-        iop = np.asarray(_need(ds, path, "ImageOrientationPatient"), dtype=np.float64)
+        iop = _numbers(ds, path, "ImageOrientationPatient", 6)
         if not np.allclose(iop, iop0, atol=1e-4):
             raise InputError(
                 f"{where}: slices have different orientations ({path0.name}: {iop0.tolist()}, "
                 f"{path.name}: {iop.tolist()}); several stacks are mixed in one series."
             )
-        ps = np.asarray(_need(ds, path, "PixelSpacing"), dtype=np.float64)
+        ps = _numbers(ds, path, "PixelSpacing", 2, positive=True)
         if not np.allclose(ps, ps0, rtol=1e-4, atol=1e-5):
             raise InputError(f"{where}: slices have different pixel spacings ({path0.name}: {ps0.tolist()}, {path.name}: {ps.tolist()}).")
         shape = (int(_need(ds, path, "Rows")), int(_need(ds, path, "Columns")))
         if shape != shape0:
             raise InputError(f"{where}: slices have different sizes ({path0.name}: {shape0}, {path.name}: {shape}).")
-        positions.append(np.asarray(_need(ds, path, "ImagePositionPatient"), dtype=np.float64))
-    row_dir = iop0[:3] / np.linalg.norm(iop0[:3])  # direction of increasing column index
-    col_dir = iop0[3:] / np.linalg.norm(iop0[3:])  # direction of increasing row index
+        positions.append(_numbers(ds, path, "ImagePositionPatient", 3))
+    norms = np.linalg.norm(iop0[:3]), np.linalg.norm(iop0[3:])
+    if min(norms) < 1e-6 or abs(float(iop0[:3] @ iop0[3:])) > 1e-3 * norms[0] * norms[1]:
+        raise InputError(f"{path0}: ImageOrientationPatient {iop0.tolist()} does not give two orthogonal "
+                         "directions, so the slice cannot be placed in the patient.")
+    row_dir = iop0[:3] / norms[0]  # direction of increasing column index
+    col_dir = iop0[3:] / norms[1]  # direction of increasing row index
     normal = np.cross(row_dir, col_dir)
     positions_arr = np.asarray(positions)
     along = positions_arr @ normal

@@ -172,15 +172,25 @@ def _check_nifti_geometry(path: Path, img) -> None:
 
 
 def _read_nifti(path: Path) -> Image:
+    # the file is untrusted: nibabel raises many types (HeaderDataError, struct.error, ...) on
+    # hostile headers, and every one of them is the user's file being bad, not a Delineo bug
     try:
         img = nib.load(str(path))
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)}).") from exc
-    _check_nifti_header(path, img)
+    try:
+        _check_nifti_header(path, img)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{path}: not a readable NIfTI header ({_short(exc)}).") from exc
     try:
         array = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)}).") from exc
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxel type {array.dtype} is not supported (expected integers or reals, "
+                         "not complex or RGB).")
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     return Image(np.asarray(array), img.affine, meta={"path": str(path)})
