@@ -74,10 +74,10 @@ def test_installed_wheel_runs_from_any_folder(wheel: Path, tmp_path: Path):
     assert "recipe" in _run([delineo, "--help"], cwd=work)
     assert "brain_tumour" in _run([delineo, "recipe", "list"], cwd=work)
     # the demo's first steps: its experiment, on the sample data inside the installed package
-    _run([delineo, "-q", "train", str(Path(located[1]) / "demo.yaml"), "--fold", "0", "--no-evaluate",
-          "--set", "train.epochs=1", "--set", "train.iterations_per_epoch=1", "--set", "train.val_every=5",
-          "--set", "model.filters=[4,8]", "--set", "sampling.batch_size=1", "--set", "train.max_minutes=null",
-          "--set", "data.max_cases=12"], cwd=work)
-    assert (work / "runs" / "demo-hippocampus" / "fold_0" / "checkpoints" / "best.pt").is_file()
+    _run([delineo, "-q", "train", str(Path(located[1]) / "demo.yaml"), "--fold", "none",
+          "--set", "train.epochs=1", "--set", "train.iterations_per_epoch=1", "--set", "model.filters=[4,8]",
+          "--set", "sampling.batch_size=1", "--set", "train.max_minutes=null", "--set", "data.max_cases=4",
+          "--set", "data.folds=2"], cwd=work)
+    assert (work / "runs" / "demo-hippocampus" / "all" / "checkpoints" / "best.pt").is_file()
     _run([delineo, "recipe", "copy", "wmh", "my_wmh"], cwd=work)
     assert str(fresh_site) in (work / "my_wmh" / "experiment.yaml").read_text()
