@@ -205,8 +205,9 @@ def test_overhead_per_epoch(db_url, tmp_path, monkeypatch, capsys):
     assert tracker.epochs == 10 and per_epoch < 0.02
 
 
-def test_runs_workflow(tmp_path, capsys):
+def test_runs_workflow(tmp_path, capsys, monkeypatch):
     """train --db, then list / show / best / compare / summary / export / delete --files / import."""
+    monkeypatch.delenv("DELINEO_DB", raising=False)  # `train --db` sets it for the process; restored after
     data = write_msd(tmp_path / "phantom", n=8)
     runs, db = tmp_path / "runs", tmp_path / "team.db"
     exp = tmp_path / "exp.yaml"
@@ -266,6 +267,13 @@ def test_runs_workflow(tmp_path, capsys):
     assert len(again) == 7
     assert [float(r["train_loss"]) for r in again] == pytest.approx([float(r["train_loss"]) for r in exported],
                                                                      rel=1e-5)  # log.csv keeps 6 digits
+
+    assert main(["runs", "list", "--metric", "val_f1", *base]) == 0  # no classifier here
+    assert "no runs in the experiment database that match" in capsys.readouterr().out
+    monkeypatch.delenv("DELINEO_DB")
+    assert main(["runs", "list", "--runs", str(tmp_path / "nowhere")]) == 2
+    assert "no experiment database here yet" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
 
     assert main(["runs", "delete", "2", "--files", *base]) == 0
     assert not (runs / "phantom" / "fold_1").exists()

@@ -41,7 +41,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     _common(a)
     a = sub.add_parser("list", help="one line per run")
     _filters(a)
-    a.add_argument("--metric", default="val_dice", help="metric whose best value is shown (default val_dice)")
+    a.add_argument("--metric", default=None, help="only runs that logged this metric, with its best value "
+                                                 "(default: show val_dice, no filter)")
     _common(a)
     a = sub.add_parser("show", help="a run's details, epochs, files and scores")
     a.add_argument("run", help="run number, uid or run folder")
@@ -93,8 +94,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):
-    from delineo.track.store import open_store
+    """The database; reading actions refuse to create an empty SQLite file where none is."""
+    from sqlalchemy.engine import make_url
 
+    from delineo.track.store import open_store, resolve_url
+
+    url = resolve_url(args.db, args.runs)
+    if url and url.startswith("sqlite:") and args.action not in ("import", "create"):
+        path = make_url(url).database
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise DelineoError(f"{path}: no experiment database here yet; train a run, `delineo runs import` "
+                               "run folders, or pass --db.")
     return open_store(args.db, args.runs)
 
 
@@ -134,21 +144,25 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from delineo.track import query as Q
 
+    metric = args.metric or "val_dice"
     with _store(args) as store, store.engine.connect() as conn:
         found = Q.sessions(conn, **_filter_kwargs(args))
         rows = []
         for s in found:
-            curve = Q.curves(conn, s.id, [args.metric]).get(args.metric, {})
+            curve = Q.curves(conn, s.id, [metric]).get(metric, {})
+            if args.metric and not curve:
+                continue
             try:
-                b = Q.best_epoch(curve, Q.direction_of(args.metric))
+                b = Q.best_epoch(curve, Q.direction_of(metric))
             except DelineoError:
                 b = None
             rows.append([s.id, s.experiment, s.fold, s.status, s.current_epoch, b[1] if b else None,
                          b[0] if b else None, s.modified, s.run_dir])
     if not rows:
-        print("no runs in the experiment database" + (" that match" if any(_filter_kwargs(args).values()) else ""))
+        filtered = any(_filter_kwargs(args).values()) or args.metric
+        print("no runs in the experiment database" + (" that match" if filtered else ""))
         return 0
-    print(table(["run", "experiment", "fold", "status", "epoch", f"best {args.metric}", "at", "modified", "folder"],
+    print(table(["run", "experiment", "fold", "status", "epoch", f"best {metric}", "at", "modified", "folder"],
                 rows))
     return 0
 
