@@ -366,17 +366,13 @@ def _delete(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from delineo.track.folders import JOURNAL_FILE, find_run_dirs, import_ops
     from delineo.track.store import shown
-    from delineo.track.writer import sha256_file
 
     root = args.folder or args.runs
     n = 0
     with _store(args) as store:
         for run_dir in find_run_dirs(root):
             uid, ops = import_ops(run_dir)
-            for o in ops:
-                if o.get("hash") and o.get("sha256") is None and Path(o["path"]).is_file():
-                    o["sha256"], o["size"] = sha256_file(Path(o["path"])), Path(o["path"]).stat().st_size
-            store.apply([o for o in ops if not o.get("op", "").startswith("_")])
+            store.apply(store.prepare([o for o in ops if not o.get("op", "").startswith("_")]))
             (run_dir / JOURNAL_FILE).unlink(missing_ok=True)
             epochs = len([o for o in ops if o["op"] == "epoch"])
             print(f"{run_dir}: {epochs} epoch(s), {len([o for o in ops if o['op'] == 'checkpoint'])} checkpoint(s), "

@@ -103,7 +103,7 @@ def file_ops(uid: str, run_dir: Path, rows: Optional[list[dict[str, Any]]] = Non
             m = _EPOCH_DIR.match(f.name)
             kind, epoch = ("epoch", int(m.group(1))) if m else (f.stem, best if f.stem == "best" else done)
             ops.append({"op": "checkpoint", "uid": uid, "epoch": epoch, "kind": kind, "path": str(f),
-                        "sha256": None, "hash": True})
+                        "sha256": None, "hash": True, "skip_known": kind == "epoch"})  # kept files never change
     preds = run_dir / "predictions"
     if preds.is_dir():
         for d in sorted(p for p in preds.iterdir() if p.is_dir() and not p.name.startswith(".")):

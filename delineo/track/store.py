@@ -180,6 +180,30 @@ class Store:
             for o in ops:
                 apply_op(conn, o)
 
+    def prepare(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Fill in the sha256 and size of files to hash, reading each file once: kept epoch
+        checkpoints (``skip_known``) already recorded with a checksum are dropped, so a resume
+        or a second import of a run with many large checkpoints does not read them again."""
+        known: dict[str, set[str]] = {}
+        out = []
+        for o in ops:
+            if o.get("skip_known"):
+                if o["uid"] not in known:
+                    t = S.Checkpoint.__table__
+                    with self.engine.connect() as conn:
+                        known[o["uid"]] = set(conn.execute(
+                            select(t.c.path).join(S.Session.__table__, S.Session.__table__.c.id == t.c.session_id)
+                            .where(S.Session.__table__.c.uid == o["uid"], t.c.sha256.is_not(None))).scalars())
+                if o["path"] in known[o["uid"]]:
+                    continue
+            if o.get("hash") and o.get("sha256") is None and Path(o["path"]).is_file():
+                from delineo.track.writer import sha256_file
+
+                o["size"] = os.path.getsize(o["path"])
+                o["sha256"] = sha256_file(Path(o["path"]))
+            out.append(o)
+        return out
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -156,12 +155,9 @@ class BufferedWriter:
 
         if self._store is None:
             self._store = Store(self.url)
-        for o in batch:
-            if o.get("hash") and o.get("sha256") is None and Path(o["path"]).is_file():
-                o["size"] = os.path.getsize(o["path"])
-                o["sha256"] = sha256_file(Path(o["path"]))
+        todo = self._store.prepare([o for o in batch if o.get("op") != _DROP_JOURNAL])
         t0 = time.perf_counter()
-        self._store.apply([o for o in batch if o.get("op") != _DROP_JOURNAL])
+        self._store.apply(todo)
         self.write_seconds += time.perf_counter() - t0
         self.written += len(batch)
         for o in batch:
