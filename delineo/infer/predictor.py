@@ -18,7 +18,8 @@ import torch
 from delineo.config import ExperimentConfig, config_from_dict
 from delineo import precision as mixed
 from delineo.errors import InputError
-from delineo.infer.sliding import flip_tta, sliding_window, slice_wise
+from delineo.infer.memory import parse_size
+from delineo.infer.sliding import flip_tta, sliding_window, sliding_window_labels, slice_wise, slice_wise_labels
 from delineo.io.image import Image
 from delineo.modelfile.checkpoint import ModelMeta, load_checkpoint  # noqa: F401  (re-exported)
 from delineo.postprocess.components import postprocess_labels
@@ -110,9 +111,39 @@ class Predictor:
                 seg = values[seg]
         return postprocess_labels(seg, self.cfg.postprocess)
 
+    @torch.no_grad()
+    def predict_labels_capped(self, image: np.ndarray, record: GeometryRecord) -> np.ndarray:
+        """The label map on the input grid within ``infer.max_memory``: probabilities are kept for
+        one slab at a time (delineo.infer.sliding.sliding_window_labels) and never restored whole,
+        so labels (not probabilities) are mapped back to the input grid, by nearest neighbour
+        where the preprocessing resampled."""
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).to(self.device)
+        m = self.meta
+        fn = flip_tta(self._forward_probs, self.tta_axes) if self.tta and self.tta_axes else self._forward_probs
+        values = torch.tensor([0] + sorted(self.meta.labels), dtype=torch.uint8)
+
+        def to_labels(probs: torch.Tensor) -> torch.Tensor:
+            if probs.shape[0] == 1:
+                return (probs[0] >= 0.5).to(torch.uint8) * int(min(self.meta.labels) if self.meta.labels else 1)
+            seg = probs.argmax(0)
+            return values[seg.cpu()] if len(values) == probs.shape[0] else seg.to(torch.uint8)
+
+        if m.mode == "3d":
+            seg = sliding_window_labels(fn, x, m.patch_size, to_labels, self.cfg.infer.overlap,
+                                        self.cfg.infer.batch_size, m.divisor,
+                                        max_bytes=parse_size(self.cfg.infer.max_memory), n_out=m.out_channels)
+        else:
+            seg = slice_wise_labels(fn, x, m.axis, to_labels, m.context if m.mode == "2.5d" else 0,
+                                    batch_size=max(self.cfg.infer.batch_size, 16), divisor=m.divisor)
+        seg = restore(seg.cpu().numpy(), record, is_label=True)
+        return postprocess_labels(seg, self.cfg.postprocess)
+
     def predict_preprocessed(self, image: np.ndarray, record: GeometryRecord,
                              region: Optional[RegionRecord] = None) -> tuple[np.ndarray, np.ndarray]:
-        """(label map, probabilities) on the input grid from a preprocessed case."""
+        """(label map, probabilities) on the input grid from a preprocessed case; under
+        ``infer.max_memory`` the probabilities are None (they would not fit)."""
+        if self.cfg.infer.max_memory and region is None:
+            return self.predict_labels_capped(image, record), None
         probs = self.predict_array(image)
         if region is not None:  # restricted to an organ (preprocess.region): back to the whole grid, kept inside it
             probs = unrestrict(probs, region)
@@ -134,5 +165,5 @@ class Predictor:
         seg, probs = self.predict_preprocessed(x, record)
         ref = images[0]
         mask = Image(seg, ref.affine.copy(), "SEG", dict(ref.meta))
-        prob_img = Image(probs.astype(np.float32), ref.affine.copy(), "PROB", dict(ref.meta))
+        prob_img = None if probs is None else Image(probs.astype(np.float32), ref.affine.copy(), "PROB", dict(ref.meta))
         return mask, prob_img

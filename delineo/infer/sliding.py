@@ -132,3 +132,117 @@ def flip_tta(fn: Callable[[torch.Tensor], torch.Tensor], axes: Sequence[int]) ->
         return total / len(combos)
 
     return wrapped
+
+
+# ---------------------------------------------------------------- memory-capped prediction
+#: bytes per voxel of one output channel that the network needs for a window beyond its output,
+#: a rough figure measured on the U-Nets here (full-resolution blocks, softmax, blending); it
+#: only decides the window batch size under a tight cap.
+NETWORK_BYTES_PER_OUTPUT_VOXEL = 48
+_PLANES = 4  # finished planes turned into labels at once
+
+
+def capped_plan(n_out: int, channels: int, spatial: Sequence[int], patch: Sequence[int], batch_size: int,
+                max_bytes: int, axis: int) -> tuple[torch.dtype, int, int]:
+    """(accumulator dtype, window batch size, estimated peak bytes) for a slab-wise prediction.
+
+    The slab spans one patch along ``axis`` and the whole volume across it; the fixed costs are
+    the input volume (float32) and the uint8 label map. float32 accumulators when they fit, else
+    float16 (probabilities and Gaussian weights are <= 1, so a few windows' sums keep ~3 digits,
+    changing only near-tied labels); the window batch shrinks until the network's share fits.
+    """
+    vox = int(np.prod(spatial))
+    slab = int(np.prod([p if i == axis else s for i, (s, p) in enumerate(zip(spatial, patch))]))
+    fixed = 2 * channels * vox * 4 + vox  # the input (float32, as read and as a tensor) + labels uint8
+    per_window = int(np.prod(patch)) * (n_out + channels) * NETWORK_BYTES_PER_OUTPUT_VOXEL // 4
+    for dtype, size in ((torch.float32, 4), (torch.float16, 2)):
+        acc = slab * (n_out + 1) * size
+        for b in range(batch_size, 0, -1):
+            total = fixed + acc + b * per_window
+            if total <= max_bytes:
+                return dtype, b, total
+    return torch.float16, 1, fixed + slab * (n_out + 1) * 2 + per_window
+
+
+def sliding_window_labels(fn: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor,
+                          patch_size: Sequence[int], to_labels: Callable[[torch.Tensor], torch.Tensor],
+                          overlap: float = 0.5, batch_size: int = 4, divisor: int = 1,
+                          max_bytes: int | None = None, n_out: int | None = None,
+                          progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Labels (uint8, *S) of :func:`sliding_window`, holding probabilities for one slab only.
+
+    Windows are taken in order of their start along the longest axis; once every window starting
+    at or before a plane is added, the planes before the next start are final, so they are
+    normalised, turned into labels by ``to_labels`` ((K, *slab) probabilities -> (*slab) labels)
+    and dropped. The accumulator therefore spans one patch along that axis instead of the whole
+    volume: memory grows with the cross-section, not the length. The sums per voxel are the same
+    windows with the same weights as the unbounded path, so labels agree up to float rounding
+    (ties) and, with float16 accumulators under a tight ``max_bytes``, near-ties.
+    """
+    x = volume[None]
+    patch = [min(p, round_up(s, divisor)) for p, s in zip(patch_size, x.shape[2:])]
+    x, crop = pad_to(x, patch)
+    spatial = tuple(x.shape[2:])
+    axis = int(np.argmax(spatial))
+    acc_dtype = torch.float32
+    if max_bytes is not None and n_out is not None:
+        acc_dtype, batch_size, _ = capped_plan(n_out, x.shape[1], spatial, patch, batch_size, max_bytes, axis)
+    weight = gaussian_importance(patch).to(volume.device)
+    per_axis = [window_starts(s, p, overlap) for s, p in zip(spatial, patch)]
+    others = [i for i in range(len(spatial)) if i != axis]
+    cross = list(itertools.product(*[per_axis[i] for i in others]))
+    pa = patch[axis]
+    slab_shape = tuple(pa if i == axis else s for i, s in enumerate(spatial))
+    labels = torch.zeros(spatial, dtype=torch.uint8, device=volume.device)
+    buf = None
+    norm = torch.zeros(slab_shape, device=volume.device, dtype=acc_dtype)
+    along = per_axis[axis]
+
+    def put(lo: int, hi: int) -> tuple:  # [lo, hi) on the slab axis, everything across it
+        return tuple(slice(lo, hi) if i == axis else slice(None) for i in range(len(spatial)))
+
+    for j, s in enumerate(along):
+        starts = [tuple(s if i == axis else c[others.index(i)] for i in range(len(spatial))) for c in cross]
+        for b in range(0, len(starts), batch_size):
+            chunk = starts[b : b + batch_size]
+            batch = torch.cat([x[(slice(None), slice(None)) + tuple(slice(t, t + p) for t, p in zip(st, patch))]
+                               for st in chunk])
+            pred = fn(batch)
+            if buf is None:
+                buf = torch.zeros((pred.shape[1],) + slab_shape, device=volume.device, dtype=acc_dtype)
+            for st, p in zip(chunk, pred):
+                sl = tuple(slice(t - s, t - s + q) if i == axis else slice(t, t + q)
+                           for i, (t, q) in enumerate(zip(st, patch)))
+                buf[(slice(None),) + sl] += (p * weight).to(acc_dtype)
+                norm[sl] += weight.to(acc_dtype)
+            if progress:
+                progress(len(chunk))
+        nxt = along[j + 1] if j + 1 < len(along) else spatial[axis]
+        done = nxt - s  # planes [s, nxt) are final: labels, a few planes at a time (small temporaries)
+        for lo in range(0, done, _PLANES):
+            hi = min(done, lo + _PLANES)
+            probs = buf[(slice(None),) + put(lo, hi)].float() / norm[put(lo, hi)].float()
+            labels[put(s + lo, s + hi)] = to_labels(probs).to(torch.uint8)
+        if j + 1 < len(along):  # shift the unfinished planes to the front, plane by plane (no copy of the slab)
+            for k in range(pa - done):
+                buf[(slice(None),) + put(k, k + 1)] = buf[(slice(None),) + put(done + k, done + k + 1)]
+                norm[put(k, k + 1)] = norm[put(done + k, done + k + 1)]
+            buf[(slice(None),) + put(pa - done, pa)] = 0
+            norm[put(pa - done, pa)] = 0
+    return labels[crop]
+
+
+def slice_wise_labels(fn: Callable[[torch.Tensor], torch.Tensor], volume: torch.Tensor, axis: int,
+                      to_labels: Callable[[torch.Tensor], torch.Tensor], context: int = 0, batch_size: int = 32,
+                      divisor: int = 1) -> torch.Tensor:
+    """Labels (uint8, *S) of :func:`slice_wise`, turning every batch of slices into labels at once
+    so that probabilities for the whole volume never exist."""
+    n = volume.shape[1 + axis]
+    outs = []
+    for i in range(0, n, batch_size):
+        part = volume.narrow(1 + axis, max(0, i - context), min(n, i + batch_size + context) - max(0, i - context))
+        probs = slice_wise(fn, part, axis, context, batch_size=batch_size + 2 * context, divisor=divisor)
+        lo = i - max(0, i - context)
+        probs = probs.narrow(1 + axis, lo, min(batch_size, n - i))
+        outs.append(to_labels(probs).to(torch.uint8))
+    return torch.cat(outs, dim=axis)
