@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time augmentation (mirroring); default: the experiment's infer.tta")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
+                   help="network arithmetic (default: the experiment's infer.precision); bf16 on CPUs with AMX/AVX-512 BF16")
+    p.add_argument("--max-memory", dest="max_memory", default=None,
+                   help="cap the prediction's working memory, e.g. 2GB (slab by slab; probabilities are not kept)")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="folder or case list (.txt/.csv): cases read and preprocessed ahead of the network; "
+                        "run under torchrun --nproc_per_node N to shard the cases; reruns skip finished masks")
     p.add_argument("--format", dest="fmt", choices=["nifti", "nrrd", "dicom-seg", "rtstruct", "overlay"], default=None,
                    help="output format (default: the input's format; NIfTI for DICOM input)")
     p.add_argument("--series", default=None, help="DICOM folder with several series: the UID or number to use")
@@ -258,6 +265,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from delineo.infer.run import predict_paths
+    from delineo.infer.shard import LIST_SUFFIXES, predict_many, rank_world
+
+    many = args.input.is_dir() or args.input.suffix.lower() in LIST_SUFFIXES
+    if rank_world()[1] > 1 or args.prefetch is not None or (many and (args.precision or args.max_memory)) \
+            or args.input.suffix.lower() in LIST_SUFFIXES:
+        s = predict_many(args.model, args.input, args.output, fmt=args.fmt, tta=args.tta, device=args.device,
+                         prefetch=2 if args.prefetch is None else args.prefetch, precision=args.precision,
+                         max_memory=args.max_memory, progress=not args.quiet)
+        if rank_world()[0] == 0:
+            print(f"{s.predicted} predicted, {s.skipped} skipped, {len(s.failed)} failed of {s.cases} case(s) in "
+                  f"{s.seconds:.1f} s ({s.processes} process(es)); summary in {args.output / 'predict_summary.json'}")
+            for f in s.failed:
+                print(f"failed: {f['reason']}", file=sys.stderr)
+        return 1 if s.failed else 0
 
     written = predict_paths(args.model, args.input, args.output, probabilities=args.probabilities,
                             uncertainty=args.uncertainty,
