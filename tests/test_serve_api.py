@@ -138,6 +138,25 @@ def test_upload_run_correct_approve_export_nifti(tmp_path, serve_models):
     assert sorted(p.name for p in (tmp_path / "ws" / "studies" / study["id"] / "masks" / mid).glob("v*.nii.gz")) == [
         "v001.nii.gz", "v002.nii.gz"]
 
+    # an explanation of label 2 (the one this tiny model predicts) as a heat map on the study's grid
+    methods = c.get("/api/info").json()["explain_methods"]
+    assert "saliency" in methods and "activation-maximisation" not in methods
+    assert c.post(f"/api/studies/{study['id']}/explain", json={"model": models[0]["id"], "method": "nope"}).status_code == 400
+    r = c.post(f"/api/studies/{study['id']}/explain", json={"model": models[0]["id"], "method": "saliency", "label": 2})
+    assert r.status_code == 202
+    ej = wait_job(c, r.json()["id"], 120)
+    assert ej["state"] == "done", ej["message"]
+    heat = nib.Nifti1Image.from_bytes(gzip.decompress(
+        c.get(f"/api/studies/{study['id']}/explain/{ej['result']['explanation']}.nii.gz").content))
+    assert heat.shape[:3] == (35, 51, 35) and np.allclose(heat.affine, ref.affine)
+    magnitude = np.abs(np.asarray(heat.dataobj))
+    lo, hi = ej["result"]["display"]
+    # this barely trained model's softmax saturates, so its gradients may all be zero: then the
+    # job says so (the UI tells the user) instead of showing an empty colour bar
+    assert ej["result"]["empty"] == (not magnitude.any())
+    if magnitude.any():
+        assert 0 < lo < hi <= ej["result"]["max"] == pytest.approx(float(magnitude.max()))
+
     # a restarted server shows the same studies, masks and history
     c2 = client(tmp_path / "ws", serve_models)
     assert [s["id"] for s in c2.get("/api/studies").json()] == [study["id"]]

@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = f"http://{host}:{args.port}/" + (f"?token={app.state.token}" if app.state.token else "")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: other machines can reach the viewer; keep the token secret.", args.host)
+    app.state.library.preload()
     n = len(app.state.library.list())
     print(f"Delineo viewer: {url}\n  workspace {app.state.workspace.root}, {n} model(s)"
           f"{' in ' + str(args.models) if args.models else ' (no --models folder given)'}", flush=True)

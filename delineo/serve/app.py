@@ -290,7 +290,7 @@ def create_app(settings: Settings) -> FastAPI:
             # 10% (90th to 99.9th percentile of the non-zero magnitudes), not 0..max
             lo, hi = (np.percentile(nonzero, [90, 99.9]) if nonzero.size else (0.0, 1.0))
             return {"explanation": eid, "method": method, "label": label, "display": [float(lo), float(max(hi, lo + 1e-12))],
-                    "max": float(nonzero.max()) if nonzero.size else 0.0}
+                    "max": float(nonzero.max()) if nonzero.size else 0.0, "empty": not nonzero.size}
 
         return queue.submit("explain", sid, {"model": entry.id, "method": method, "label": label}, work)
 

@@ -92,6 +92,21 @@ class ModelLibrary:
             entry.error = str(exc)
             log.warning("model %s: %s", entry.path, exc)
 
+    def preload(self) -> threading.Thread:
+        """Load every usable model in a background thread, so the first Run does not pay for it."""
+
+        def work() -> None:
+            for entry in self.list():
+                if not entry.error:
+                    try:
+                        self.predictor(entry)
+                    except Exception as exc:  # reported when a job uses it
+                        log.warning("model %s could not be preloaded: %s", entry.name, exc)
+
+        thread = threading.Thread(target=work, name="delineo-preload", daemon=True)
+        thread.start()
+        return thread
+
     def list(self) -> list[ModelEntry]:
         return list(self._entries.values())
 

@@ -406,7 +406,8 @@ async function onExplained(job) {
   nv.opts.isColorbar = true;
   nv.updateGLVolume();
   document.body.dataset.explained = r.explanation;
-  status(`Explanation: ${r.method}${r.label != null ? " for label " + r.label : ""} (colour bar: attribution).`);
+  status(r.empty ? `Explanation: ${r.method} is zero everywhere (the model predicts nothing to explain for this label).`
+    : `Explanation: ${r.method}${r.label != null ? " for label " + r.label : ""} (colour bar: attribution).`);
 }
 
 start().catch((e) => status(e.message, true));
