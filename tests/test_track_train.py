@@ -6,6 +6,7 @@ epoch; and the `delineo runs` workflow end to end."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import signal
 import sqlite3
@@ -274,6 +275,13 @@ def test_runs_workflow(tmp_path, capsys, monkeypatch):
     assert main(["runs", "list", "--runs", str(tmp_path / "nowhere")]) == 2
     assert "no experiment database here yet" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+    model = tmp_path / "model.delineo"
+    model.write_bytes(b"stand-in model file")
+    assert main(["runs", "attach", str(model), "--run", "1", *base]) == 0
+    assert "recorded as delineo, sha256 " + hashlib.sha256(b"stand-in model file").hexdigest() in capsys.readouterr().out
+    assert main(["runs", "show", "1", *base]) == 0
+    assert "model.delineo" in capsys.readouterr().out
 
     assert main(["runs", "delete", "2", "--files", *base]) == 0
     assert not (runs / "phantom" / "fold_1").exists()

@@ -75,6 +75,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     a.add_argument("run", nargs="+", help="run numbers, uids or folders")
     a.add_argument("--files", action="store_true", help="also delete the run folders from disk")
     _common(a)
+    a = sub.add_parser("attach", help="record a file (a .delineo model, a report) with its sha256")
+    a.add_argument("file", type=Path)
+    a.add_argument("--run", default=None, help="the run it belongs to (number, uid or folder)")
+    a.add_argument("--experiment", "-e", default=None, help="or the experiment it belongs to")
+    a.add_argument("--kind", default=None, help="what it is (default: from the suffix: delineo, report, file)")
+    _common(a)
     a = sub.add_parser("import", help="fill the database from existing run folders")
     a.add_argument("folder", type=Path, nargs="?", default=None, help="runs root or run folder (default: --runs)")
     _common(a)
@@ -359,6 +365,28 @@ def _delete(args: argparse.Namespace) -> int:
             shutil.rmtree(folder)
             removed = f"; folder {folder} removed"
         print(f"run {s.id} ({s.experiment} fold {_fmt(s.fold)}) deleted from the database{removed}")
+    return 0
+
+
+@action("attach")
+def _attach(args: argparse.Namespace) -> int:
+    from delineo.track import query as Q
+
+    path = args.file.resolve()
+    if not path.is_file():
+        raise DelineoError(f"{args.file}: file not found.")
+    if bool(args.run) == bool(args.experiment):
+        raise DelineoError("runs attach: give either --run or --experiment.")
+    kind = args.kind or {".delineo": "delineo", ".html": "report"}.get(path.suffix.lower(), "file")
+    with _store(args) as store:
+        uid = None
+        if args.run:
+            with store.engine.connect() as conn:
+                uid = Q.find_session(conn, args.run).uid
+        (op,) = store.prepare([{"op": "artefact", "uid": uid, "experiment": args.experiment, "kind": kind,
+                                "path": str(path), "sha256": None, "hash": True}])
+        store.apply([op])
+    print(f"{path}: recorded as {kind}, sha256 {op['sha256']}")
     return 0
 
 
