@@ -250,6 +250,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         summary = evaluate_run(args.target, progress=not args.quiet,
                                options={"aggregate": args.aggregate, "lesions": args.lesions, "hd95": args.hd95})
+        from delineo.track.tracker import record_evaluation
+
+        record_evaluation(args.target, Path(args.target).resolve().parent.parent)  # RUNS/<experiment>/<fold>
         print(f"{args.target}: mean Dice {summary['mean_dice']:.4f}; report {Path(args.target) / 'report.html'}")
         return 0
     from delineo.evaluate.options import evaluate_options

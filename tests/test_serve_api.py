@@ -298,3 +298,31 @@ def test_structure_boundary_and_diameter():
     assert rows[0]["diameter_mm"] == pytest.approx(np.sqrt(4 ** 2 + 2 ** 2 + 2 ** 2), abs=0.01)
     flat = np.array([[x, y, 0.0] for x in range(20) for y in range(10)])  # one slice: hull is degenerate
     assert largest_diameter(flat) == pytest.approx(np.hypot(19, 9), abs=1e-6)
+
+
+def test_dicom_folder_with_two_series_is_listed_and_picked(tmp_path):
+    from .serve_fixtures import SAMPLE, dicom_series_from_nifti
+
+    folder = tmp_path / "export"
+    dicom_series_from_nifti(CASE, folder / "a")
+    other = SAMPLE / "imagesTr" / "hippocampus_003_0000.nii.gz"
+    dicom_series_from_nifti(other, folder / "b")
+    (folder / "README.txt").write_text("not an image")
+    files = [("files", (f"export/{p.relative_to(folder)}", p.read_bytes())) for p in sorted(folder.rglob("*")) if p.is_file()]
+    c = client(tmp_path / "ws")
+    r = c.post("/api/studies", files=files)
+    assert r.status_code == 201, r.text
+    study = r.json()
+    assert study["status"] == "pick-series" and len(study["series"]) == 2
+    assert c.get(f"/api/studies/{study['id']}/image.nii.gz").status_code == 409  # nothing chosen yet
+    assert c.post(f"/api/studies/{study['id']}/series", json={"uid": "1.2.3"}).status_code == 400
+    want = nib.load(str(other)).shape
+    for s in study["series"]:
+        picked = c.post(f"/api/studies/{study['id']}/series", json={"uid": s["uid"]}).json()
+        if tuple(picked["shape"]) == want:
+            break
+    else:
+        raise AssertionError("the second case's series was not offered")
+    assert picked["status"] == "ready" and picked["series_uid"] == s["uid"]
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(c.get(f"/api/studies/{study['id']}/image.nii.gz").content))
+    assert img.shape == want

@@ -207,11 +207,16 @@ def create_app(settings: Settings) -> FastAPI:
         tmp = ws.tmp_dir()
         try:
             uploads = []
-            for i, (key, value) in enumerate(form.multi_items()):
-                if key != "files" or not hasattr(value, "filename"):
-                    continue
+            parts = [(k, v) for k, v in form.multi_items() if k == "files" and hasattr(v, "filename")]
+            for i, (key, value) in enumerate(parts):
                 name = str(value.filename or "upload")
-                ingest.upload_kind(name)  # refuse unknown types before copying
+                try:
+                    ingest.upload_kind(name)  # refuse unknown types before copying
+                except InputError:
+                    if len(parts) == 1:
+                        raise
+                    log.info("upload: %s skipped (not an image or DICOM file).", name)
+                    continue  # a folder upload: stray notes, thumbnails, etc. are left out
                 dest = tmp / f"u{i:06d}"
                 with open(dest, "wb") as out:
                     await run_in_threadpool(shutil.copyfileobj, value.file, out, 1 << 20)

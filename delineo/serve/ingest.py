@@ -108,10 +108,17 @@ def ingest(ws: Workspace, uploads: list[Upload], max_bytes: int, name: str | Non
             uploads[0].path.unlink(missing_ok=True)
         else:
             dicom.mkdir()
+            kept = 0
             for i, u in enumerate(uploads):
                 if not is_dicom_file(u.path):
-                    raise InputError(f"{u.name}: not a DICOM file (no DICM preamble).")
+                    if len(uploads) == 1:
+                        raise InputError(f"{u.name}: not a DICOM file (no DICM preamble).")
+                    log.info("upload: %s skipped (no DICM preamble).", u.name)
+                    continue
                 shutil.move(str(u.path), dicom / f"f{i:06d}.dcm")
+                kept += 1
+            if not kept:
+                raise InputError(f"{label}: none of the {len(uploads)} uploaded files is a DICOM file.")
         return _list_dicom(ws, sid, dicom, uploads[0].name)
     except BaseException:
         shutil.rmtree(d, ignore_errors=True)
