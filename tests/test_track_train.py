@@ -271,10 +271,16 @@ def test_runs_workflow(tmp_path, capsys, monkeypatch):
 
     assert main(["runs", "list", "--metric", "val_f1", *base]) == 0  # no classifier here
     assert "no runs in the experiment database that match" in capsys.readouterr().out
-    monkeypatch.delenv("DELINEO_DB")
+    monkeypatch.delenv("DELINEO_DB", raising=False)
     assert main(["runs", "list", "--runs", str(tmp_path / "nowhere")]) == 2
     assert "no experiment database here yet" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+    monkeypatch.setenv("DELINEO_DB", str(db))  # a later `delineo evaluate` of a run folder records its scores
+    assert main(["-q", "evaluate", str(runs / "phantom" / "fold_1")]) == 0
+    capsys.readouterr()
+    assert main(["runs", "show", "2", *base]) == 0
+    assert "evaluation (mean over cases)" in capsys.readouterr().out
 
     model = tmp_path / "model.delineo"
     model.write_bytes(b"stand-in model file")

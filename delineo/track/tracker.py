@@ -59,8 +59,11 @@ def _versions() -> dict[str, str]:
 
 def git_commit() -> Optional[str]:
     """The commit of the Delineo source that runs (None for an installed wheel)."""
+    source = Path(__file__).resolve().parents[2]
+    if not (source / ".git").exists():  # an installed copy: a repository above it is someone else's
+        return None
     try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "HEAD"],
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
                              capture_output=True, text=True, timeout=3)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -175,8 +178,11 @@ def record_evaluation(run_dir: Path, runs_root: Path, db: Optional[str] = None, 
         if url is None:
             return
         run_dir = Path(run_dir).resolve()
+        if not F.is_run_dir(run_dir):
+            return
+        uid, ops = F.import_ops(run_dir)  # the session too, for a run trained with the database off
         writer = BufferedWriter(url, run_dir / F.JOURNAL_FILE if not (run_dir / F.JOURNAL_FILE).exists() else None)
-        writer.submit(*F.evaluation_ops(F.folder_uid(run_dir), run_dir))
+        writer.submit(*[o for o in ops if o["op"] == "session"], *F.evaluation_ops(uid, run_dir))
         writer.close(timeout)
     except Exception as exc:
         log.warning("experiment database: evaluation of %s not recorded (%s)", run_dir, exc)
