@@ -122,3 +122,26 @@ def test_brain_tumour_pgbm_patients_and_80_20_split():
     assert sorted({c.patient for c in cases}) == ["pgbm003", "pgbm006", "pgbm008"]
     split = make_splits(cases, 5, seed=0, val_fraction=0.2)["folds"][0]
     assert len({c[:7] for c in split["val"]}) == 1 and len({c[:7] for c in split["train"]}) == 2
+
+
+def test_burden_and_error_overlap_verbs(tmp_path: Path, capsys):
+    from delineo.cli import main
+    from delineo.io import write_image
+
+    ref = np.zeros((6, 6, 2), np.uint8)
+    ref[1:4, 1:4, :] = 1
+    ref[2, 2, 0] = 2  # one tumour voxel
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])  # 10 mm^3 per voxel
+    a, b = ref.copy(), ref.copy()
+    a[0, 0, 0] = 1  # network a: one false positive
+    b[0, 0, 0] = 1
+    b[1, 1, 1] = 0  # network b: the same false positive and one false negative
+    for folder, arr in (("ref", ref), ("a", a), ("b", b)):
+        write_image(Image(arr, affine), tmp_path / folder / "case1.nii.gz")
+    assert main(["burden", str(tmp_path / "ref" / "case1.nii.gz")]) == 0
+    assert "liver 0.2 ml, tumour 0.01 ml, tumour burden 5.56 %" in capsys.readouterr().out  # 18 voxels, 1 tumour
+    assert main(["error-overlap", str(tmp_path / "ref"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0] == "error-mask Dice over 1 cases (label 1)"
+    assert rows[2].split()[-2:] == ["1.000", "0.667"]  # 2 x 1 shared error voxel / (1 + 2)
+    assert rows[3].split()[-2:] == ["0.667", "1.000"]
