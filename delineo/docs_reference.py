@@ -177,7 +177,7 @@ def experiment_reference() -> str:
 
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -191,7 +191,9 @@ def _describe(action: argparse.Action) -> tuple[str, str]:
             name += f" `{action.metavar or action.dest.upper()}`"
     else:
         name = f"`{action.metavar or action.dest}`" + (" (optional)" if action.nargs in ("?", "*") else "")
-    text = (action.help or "").replace("|", "\\|")
+    text = _cell(action.help or "").strip()
+    if text and text[-1] not in ".)!?":
+        text += "."
     if action.choices and not isinstance(action.choices, dict):
         text += f" Choices: {', '.join(f'`{c}`' for c in action.choices)}."
     if action.default not in (None, False, argparse.SUPPRESS, []) and action.option_strings and "default" not in text:
