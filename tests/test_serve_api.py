@@ -212,7 +212,7 @@ def test_hostile_uploads_are_refused(tmp_path):
     r = c.post("/api/studies", files={"files": ("run.sh", b"echo hi")})
     assert r.status_code == 400 and "unsupported file type" in r.json()["detail"]
     r = c.post("/api/studies", files={"files": ("x.nii.gz", b"not an image")})
-    assert r.status_code == 400 and "x.nii.gz" in r.json()["detail"]
+    assert r.status_code == 400 and "x.nii.gz" in r.json()["detail"] and str(tmp_path) not in r.json()["detail"]
     assert c.get("/api/studies").json() == []
     # ids, not paths
     for url in ("/api/studies/..%2F..%2Fetc/image.nii.gz", "/api/studies/../../etc/passwd",
@@ -326,3 +326,16 @@ def test_dicom_folder_with_two_series_is_listed_and_picked(tmp_path):
     assert picked["status"] == "ready" and picked["series_uid"] == s["uid"]
     img = nib.Nifti1Image.from_bytes(gzip.decompress(c.get(f"/api/studies/{study['id']}/image.nii.gz").content))
     assert img.shape == want
+
+
+def test_broken_dicom_series_is_reported_by_upload_name(tmp_path):
+    from .serve_fixtures import dicom_series_from_nifti, zip_folder
+
+    series = dicom_series_from_nifti(CASE, tmp_path / "series")
+    (series / "slice017.dcm").unlink()  # a missing slice
+    archive = zip_folder(series, tmp_path / "gap.zip")
+    c = client(tmp_path / "ws")
+    r = c.post("/api/studies", files={"files": ("patient_gap.zip", archive.read_bytes())})
+    detail = r.json()["detail"]
+    assert r.status_code == 400 and detail.startswith("patient_gap.zip") and "missing" in detail, detail
+    assert str(tmp_path) not in detail and c.get("/api/studies").json() == []

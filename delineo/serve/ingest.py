@@ -120,9 +120,20 @@ def ingest(ws: Workspace, uploads: list[Upload], max_bytes: int, name: str | Non
             if not kept:
                 raise InputError(f"{label}: none of the {len(uploads)} uploaded files is a DICOM file.")
         return _list_dicom(ws, sid, dicom, uploads[0].name)
+    except InputError as exc:
+        shutil.rmtree(d, ignore_errors=True)
+        raise InputError(_without_paths(str(exc), ws, label)) from None
     except BaseException:
         shutil.rmtree(d, ignore_errors=True)
         raise
+
+
+def _without_paths(message: str, ws: Workspace, label: str) -> str:
+    """A reader's message with the server's workspace folders replaced by the upload's name
+    (the user should see what they sent, not where the server keeps it)."""
+    import re
+
+    return re.sub(re.escape(str(ws.root)) + r"/studies/[0-9a-f]+/source(/dicom|/upload[.a-z]*)?", label, message)
 
 
 def _list_dicom(ws: Workspace, sid: str, folder: Path, label: str) -> dict[str, Any]:
@@ -163,7 +174,10 @@ def pick_series(ws: Workspace, sid: str, uid: str) -> dict[str, Any]:
         raise InputError(f"series '{str(uid)[:80]}' is not one of this study's series.")
     from delineo.io.dicom import read_dicom_series
 
-    image = read_dicom_series(ws.study_dir(sid) / "source" / "dicom", uid)
+    try:
+        image = read_dicom_series(ws.study_dir(sid) / "source" / "dicom", uid)
+    except InputError as exc:
+        raise InputError(_without_paths(str(exc), ws, info.get("name", "upload"))) from None
     ws.update_study(sid, series_uid=uid)
     _write_viewer_image(ws, sid, image, kind="dicom")
     return ws.study(sid)
