@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anonymise", action="store_true", help="no source identifiers at all (not even UIDs) in NIfTI/NRRD sidecars")
     p.add_argument("--with-patient-data", dest="patient_data", action="store_true",
                    help="opt in: put patient name, ID, birth date and the source path in NIfTI/NRRD sidecars")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="folder input: leave out cases whose mask exists (finish an interrupted run)")
     _add_common(p)
 
     p = sub.add_parser("convert", help="turn a DICOM collection with SEG/RTSTRUCT masks into an MSD dataset")
@@ -159,6 +161,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             raise
         print(f"delineo {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk outside an atomic write (caches, logs): still one sentence
+        import errno
+
+        if args.debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        print(f"delineo {args.verb}: error: {exc.filename or 'output'}: no space left on the device ({exc.strerror}).",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"delineo {args.verb}: interrupted", file=sys.stderr)
@@ -286,7 +296,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     written = predict_paths(args.model, args.input, args.output, probabilities=args.probabilities,
                             uncertainty=args.uncertainty,
                             tta=args.tta, device=args.device, progress=not args.quiet, fmt=args.fmt,
-                            series=args.series, anonymise=args.anonymise, patient_data=args.patient_data)
+                            series=args.series, anonymise=args.anonymise, patient_data=args.patient_data,
+                            skip_existing=args.skip_existing)
     for path in written:
         print(path)
     return 0

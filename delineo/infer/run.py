@@ -87,14 +87,33 @@ def output_path(job: Job, output: Path, single: bool, fmt: Optional[str]) -> Pat
     return output / f"{job.name}{SUFFIX_BY_FORMAT[fmt]}"
 
 
+def mask_path(out: Path, fmt: Optional[str]) -> Path:
+    """The file :func:`write_prediction` writes the mask to for ``out`` (it adds a missing suffix)."""
+    if fmt in ("nifti", "nrrd"):
+        suffixes = (".nii.gz", ".nii") if fmt == "nifti" else (".nrrd",)
+        return out if image_suffix(out) in suffixes else out.with_name(out.name + suffixes[0])
+    if fmt in ("dicom-seg", "rtstruct") and not out.suffix:
+        return out.with_name(out.name + ".dcm")
+    return out
+
+
+def _write_fmt(job: Job, fmt: Optional[str]) -> Optional[str]:
+    """The format a job's mask is written in: None keeps the input file's own format; DICOM
+    input defaults to NIfTI (with a sidecar)."""
+    return fmt or ("nifti" if job.source.is_dir() else None)
+
+
 def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bool = False, tta: Optional[bool] = None,
                   device: str = "auto", progress: bool = True, fmt: Optional[str] = None,
-                  series: Optional[str] = None, anonymise: bool = False, uncertainty: Optional[str] = None, patient_data: bool = False) -> list[Path]:
+                  series: Optional[str] = None, anonymise: bool = False, uncertainty: Optional[str] = None, patient_data: bool = False,
+                  skip_existing: bool = False) -> list[Path]:
     """Predict every image under ``input_path``; return the written mask paths.
 
     ``fmt`` is one of nifti, nrrd, dicom-seg, rtstruct, overlay (default: the input's format,
     NIfTI for DICOM input). ``series`` picks one series (UID or number) of a DICOM folder.
     ``tta`` None follows the experiment's ``infer.tta``; True or False overrides it.
+    ``skip_existing`` leaves out cases whose mask is already there (to finish an interrupted
+    folder: every file is written atomically and the mask last, so an existing mask is complete).
     """
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"--format {fmt}: unknown format (choose one of {', '.join(FORMATS)}).")
@@ -108,6 +127,17 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
     if n_ch > 1:
         jobs = group_channels(jobs, n_ch)
         single = len(jobs) == 1 and input_path.is_file()
+    if skip_existing:  # the mask is written last, atomically: its presence means the case is complete
+        done = [j for j in jobs if mask_path(output_path(j, output, single, fmt), _write_fmt(j, fmt)).exists()]
+        if done:
+            log.info("--skip-existing: %d of %d case(s) already predicted", len(done), len(jobs))
+        jobs = [j for j in jobs if j not in done]
+        for j in jobs:  # temporary files a killed run left for the cases still to do (see delineo.io.atomic)
+            mask = mask_path(output_path(j, output, single, fmt), _write_fmt(j, fmt))
+            names = (mask.name, case_name(mask) + "_probabilities" + (image_suffix(mask) or ".nii.gz"))
+            for name in names if mask.parent.is_dir() else ():
+                for stale in mask.parent.glob(f".{name}.*.tmp*"):
+                    stale.unlink(missing_ok=True)
     for job in jobs:  # read and check every input before writing anything
         if job.channels:
             job.images = [read_image(p) for p in job.channels]
@@ -124,18 +154,20 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
     for job in tqdm(jobs, desc="predict", unit="case", disable=not progress or single):
         t0 = time.perf_counter()
         mask, probs, extras = predictor.predict(job.images)
-        out = output_path(job, output, single, fmt if fmt or job.source.is_dir() else None)
-        if fmt is None and not job.source.is_dir():
-            write_image(mask, out)  # same format as the input file
-        else:
-            out = write_prediction(mask, job.image, out, fmt or "nifti", predictor.labels, colors=predictor.colors,
-                                   model_name=model_name, anonymise=anonymise, patient_data=patient_data)
+        job_fmt = _write_fmt(job, fmt)
+        out = mask_path(output_path(job, output, single, fmt), job_fmt)
+        # extras and probabilities first, the mask last: a crash leaves no mask without its companions
         for key, extra in extras.items():  # e.g. a pipeline's --uncertainty map, beside the mask
             write_image(extra, out.with_name(case_name(out) + f"_{key}" + (image_suffix(out) or ".nii.gz")))
         if probabilities or predictor.save_probabilities:
             suffix = image_suffix(out) or ".nii.gz"
             prob_out = out.with_name(case_name(out) + "_probabilities" + suffix)
             write_image(probs, prob_out)
+        if job_fmt is None:
+            write_image(mask, out)  # same format as the input file
+        else:
+            out = write_prediction(mask, job.image, out, job_fmt, predictor.labels, colors=predictor.colors,
+                                   model_name=model_name, anonymise=anonymise, patient_data=patient_data)
         log.info("%s -> %s in %.2f s", job.source, out, time.perf_counter() - t0)
         written.append(out)
     return written

@@ -174,8 +174,8 @@ def write_prediction(
         values = label_values(mask, str(out))
         dtype = np.uint8 if not values or max(values) < 256 else np.uint16
         on_grid = _on_source_grid(mask, source)
-        write_image(on_grid, out, dtype=dtype)
         _write_sidecar(out, on_grid, source, labels, model_name, anonymise, patient_data)
+        write_image(on_grid, out, dtype=dtype)  # last: a mask on disk always has its sidecar
         log.info("Wrote %s prediction to %s.", fmt, out)
         return out
 
