@@ -10,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.track_pg import pg_server  # noqa: F401  one PostgreSQL server per test session (experiment database)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "delineo" / "sample_data" / "hippocampus"

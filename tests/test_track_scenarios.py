@@ -19,7 +19,7 @@ from delineo.track.store import Store, create_experiment
 from delineo.track.writer import sha256_file
 from delineo.train.loop import train
 from tests.conftest import phantom_experiment, write_msd
-from tests.track_pg import db_url, pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.track_pg import db_url, pg_url  # noqa: F401  (fixtures; pg_server comes from conftest)
 
 
 def _cfg(data: Path, name: str = "phantom", **train_opts):

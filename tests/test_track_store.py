@@ -19,7 +19,7 @@ from delineo.track import schema as S
 from delineo.track.store import Store, StoreError, make_engine, migrate, resolve_url
 from delineo.track.writer import BufferedWriter
 
-from tests.track_pg import db_url, pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.track_pg import db_url, pg_url  # noqa: F401  (fixtures; pg_server comes from conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 

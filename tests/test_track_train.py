@@ -26,7 +26,7 @@ from delineo.track import query as Q
 from delineo.track.store import Store, resolve_url
 from delineo.train.loop import Trainer, train
 from tests.conftest import phantom_experiment, write_msd
-from tests.track_pg import db_url, pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.track_pg import db_url, pg_url  # noqa: F401  (fixtures; pg_server comes from conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 
