@@ -152,6 +152,7 @@ def _check_shared(url: str, writers: int, n: int) -> None:
     store.close()
 
 
+@pytest.mark.soak
 def test_concurrent_writers_lose_nothing(db_url):
     """Four writers create the schema of a new database and write at the same time."""
     errors: list[BaseException] = []

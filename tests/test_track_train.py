@@ -188,9 +188,11 @@ def test_two_trainings_at_once_lose_nothing(db_url, tmp_path, monkeypatch):
             assert [curves[name][e] for e in range(1, 7)] == pytest.approx([float(r[name]) for r in logged], rel=2e-5)
 
 
-def test_overhead_per_epoch(db_url, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.soak)])
+def test_overhead_per_epoch(backend, tmp_path, monkeypatch, capsys, request):
     """What the database costs an epoch: the training thread only queues (well under a
     millisecond's worth of work per epoch); the writes happen on the background thread."""
+    db_url = request.getfixturevalue("pg_url") if backend == "postgresql" else str(tmp_path / "runs" / "delineo.db")
     monkeypatch.setenv("DELINEO_DB", db_url)
     cfg = config_from_dict(_raw(write_msd(tmp_path / "phantom", n=8), epochs=10, checkpoint_every=1,
                                 snapshot_every=1))
@@ -201,7 +203,7 @@ def test_overhead_per_epoch(db_url, tmp_path, monkeypatch, capsys):
     background = tracker.writer.write_seconds / tracker.epochs
     with capsys.disabled():
         print(f"\nexperiment database overhead: {1000 * per_epoch:.2f} ms per epoch in the training loop, "
-              f"{1000 * background:.1f} ms per epoch written in the background ({db_url.split(':')[0]}, 1 checkpoint + "
+              f"{1000 * background:.1f} ms per epoch written in the background ({backend}, 1 checkpoint + "
               "1 snapshot + 12 metrics per epoch)")
     assert tracker.epochs == 10 and per_epoch < 0.02
 
