@@ -112,6 +112,14 @@ class RegionConfig(Strict):
         return value
 
 
+class SliceFitConfig(Strict):
+    """Pad (with each slice's minimum) or centre-crop every slice to one in-plane size after
+    normalisation, undone exactly on output (delineo.preprocess.slices; the WMH recipe's 256 x 256)."""
+
+    size: tuple[int, int] = Field((256, 256), description="in-plane size of every slice")
+    axis: int = Field(2, ge=0, le=2, description="the slice axis (as sampling.axis)")
+
+
 class PreprocessConfig(Strict):
     orientation: Optional[str] = Field("RAS", description="canonical axis codes, or null to keep")
     spacing: Optional[tuple[float, float, float]] = Field(None, description="target spacing in mm")
@@ -119,6 +127,7 @@ class PreprocessConfig(Strict):
     crop_foreground: bool = True
     intensity: list[IntensityConfig] = Field(default_factory=lambda: [IntensityConfig()])
     region: Optional[RegionConfig] = Field(None, description="restrict the input to an organ (region cascade stage)")
+    slice_fit: Optional[SliceFitConfig] = Field(None, description="pad or crop every slice to one size (exact inverse)")
 
     @field_validator("orientation")
     @classmethod

@@ -145,3 +145,32 @@ def test_burden_and_error_overlap_verbs(tmp_path: Path, capsys):
     assert rows[0] == "error-mask Dice over 1 cases (label 1)"
     assert rows[2].split()[-2:] == ["1.000", "0.667"]  # 2 x 1 shared error voxel / (1 + 2)
     assert rows[3].split()[-2:] == ["0.667", "1.000"]
+
+
+def test_slice_fit_in_preprocess_restores_exactly_and_keeps_the_affine():
+    from delineo.config import SliceFitConfig
+    from delineo.preprocess.pipeline import preprocessed_affine, restore
+
+    rng = np.random.default_rng(1)
+    img = Image(rng.normal(5, 1, (20, 40, 3)).astype(np.float32), np.diag([0.9, 0.9, 3.0, 1.0]))
+    lab = np.zeros((20, 40, 3), np.uint8)
+    lab[5:9, 10:30, 1] = 1
+    cfg = PreprocessConfig(orientation=None, crop_foreground=False, slice_fit=SliceFitConfig(size=(32, 32), axis=2))
+    x, y, rec = preprocess([img], Image(lab, img.affine), cfg)
+    assert x.shape == (1, 32, 32, 3) and y.shape == (32, 32, 3)
+    assert np.all(x[0, :6, :, 0] == x[0, 6:26, :, 0].min())  # rows 0..5 padded with the slice minimum
+    assert not y[:6].any() and y.sum() == lab[:, 4:36].sum()
+    assert np.array_equal(restore(y, rec, is_label=True)[:, 4:36], lab[:, 4:36])  # exact on the kept columns
+    assert np.array_equal(restore(y, rec, is_label=True)[:, :4], np.zeros((20, 4, 3)))
+    probs = np.stack([1 - y, y]).astype(np.float32)
+    back = restore(probs, rec, probabilities=True)
+    assert back.shape == (2, 20, 40, 3) and np.all(back[0, :, :4] == 1)  # background outside the crop
+    # the fitted grid's voxel (6, 0, k) is the input's voxel (0, 4, k)
+    aff = preprocessed_affine(rec)
+    assert np.allclose(aff @ [6, 0, 1, 1], img.affine @ [0, 4, 1, 1])
+    import json
+
+    from delineo.preprocess.pipeline import GeometryRecord
+
+    again = GeometryRecord.from_dict(json.loads(json.dumps(rec.to_dict())))  # as stored in the cache
+    assert np.array_equal(restore(y, again, is_label=True), restore(y, rec, is_label=True))

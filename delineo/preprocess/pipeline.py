@@ -32,6 +32,7 @@ class GeometryRecord:
     resampled_to: tuple[int, int, int]  # shape after resampling, before cropping
     bbox: tuple[tuple[int, int], ...]  # crop (start, stop) per axis on the resampled grid
     spacing: tuple[float, float, float]  # spacing of the preprocessed grid (mm)
+    slice_fit: Optional[dict] = None  # delineo.preprocess.slices.SliceFit as a dict, after the crop
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,10 +97,13 @@ def preprocess(images: list[Image], label: Optional[Image], cfg: PreprocessConfi
     stack = stack[(slice(None),) + sl]
     lab = None if lab is None else lab[sl]
     stack = normalise(stack, cfg.intensity)
+    fit = None
+    if cfg.slice_fit is not None:  # after normalisation: the padding is each slice's normalised minimum
+        stack, lab, fit = _fit_slices(stack, lab, tuple(cfg.slice_fit.size), cfg.slice_fit.axis)
     record = GeometryRecord(tuple(int(s) for s in shape0), ref.affine.tolist(),
                             None if transform is None else transform.tolist(),
                             tuple(int(s) for s in shape1), tuple(int(s) for s in shape2),
-                            tuple((int(a), int(b)) for a, b in bbox), real_spacing)
+                            tuple((int(a), int(b)) for a, b in bbox), real_spacing, fit)
     out_label = None if lab is None else np.ascontiguousarray(lab).astype(np.uint8)
     return np.ascontiguousarray(stack, dtype=np.float32), out_label, record
 
@@ -111,6 +115,13 @@ def restore(array: np.ndarray, record: GeometryRecord, is_label: bool = False, f
     value is ``fill``, except that ``probabilities`` puts probability 1 on background there."""
     channels = array.ndim == 4
     arr = array if channels else array[None]
+    if record.slice_fit is not None:
+        from delineo.preprocess.slices import SliceFit, restore_slices
+
+        sf = SliceFit(record.slice_fit["axis"], tuple(record.slice_fit["original"]),
+                      tuple(tuple(p) for p in record.slice_fit["pads"]), tuple(tuple(c) for c in record.slice_fit["crops"]))
+        arr = np.stack([restore_slices(c, sf, 1.0 if probabilities and i == 0 and len(arr) > 1 else fill)
+                        for i, c in enumerate(arr)])
     full = np.full((arr.shape[0],) + tuple(record.resampled_to), fill, dtype=arr.dtype)
     if probabilities and channels and arr.shape[0] > 1:
         full[0] = 1.0  # background probability outside the crop
@@ -147,7 +158,25 @@ def preprocessed_affine(record: GeometryRecord) -> np.ndarray:
     affine = affine @ scale
     shift = np.eye(4)
     shift[:3, 3] = [a for a, _ in record.bbox]
+    if record.slice_fit is not None:
+        from delineo.preprocess.slices import SliceFit, fitted_shift
+
+        sf = SliceFit(record.slice_fit["axis"], tuple(record.slice_fit["original"]),
+                      tuple(tuple(p) for p in record.slice_fit["pads"]), tuple(tuple(c) for c in record.slice_fit["crops"]))
+        shift[:3, 3] += fitted_shift(sf)
     return affine @ shift
+
+
+def _fit_slices(stack: np.ndarray, lab: Optional[np.ndarray], size: tuple[int, int],
+                axis: int) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
+    """Every channel's slices fitted to ``size`` (padding: that slice's minimum), the label with 0."""
+    from dataclasses import asdict as _asdict
+
+    from delineo.preprocess.slices import fit_slices
+
+    fitted = [fit_slices(c, size, axis) for c in stack]
+    out_lab = None if lab is None else fit_slices(lab, size, axis, pad_value=0)[0]
+    return np.stack([f for f, _ in fitted]), out_lab, _asdict(fitted[0][1])
 
 
 def _resize(a: np.ndarray, shape, order: int) -> np.ndarray:

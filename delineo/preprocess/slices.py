@@ -26,8 +26,10 @@ class SliceFit:
     crops: tuple[tuple[int, int], tuple[int, int]]
 
 
-def fit_slices(volume: np.ndarray, size: tuple[int, int] = (256, 256), axis: int = 2) -> tuple[np.ndarray, SliceFit]:
-    """``volume`` (3D) with each slice along ``axis`` padded or centre-cropped to ``size``."""
+def fit_slices(volume: np.ndarray, size: tuple[int, int] = (256, 256), axis: int = 2,
+               pad_value: float | None = None) -> tuple[np.ndarray, SliceFit]:
+    """``volume`` (3D) with each slice along ``axis`` padded or centre-cropped to ``size``;
+    padding holds each slice's minimum, or ``pad_value`` (e.g. 0 for a label map)."""
     if volume.ndim != 3:
         raise ValueError(f"fit_slices needs a 3D volume, got shape {volume.shape}")
     x = np.moveaxis(volume, axis, -1)
@@ -42,7 +44,10 @@ def fit_slices(volume: np.ndarray, size: tuple[int, int] = (256, 256), axis: int
             pads.append((0, 0))
             crops.append((start, start + target))
     x = x[crops[0][0]:crops[0][1], crops[1][0]:crops[1][1]]
-    minimum = x.reshape(-1, x.shape[-1]).min(axis=0) if x.size else np.zeros(x.shape[-1], x.dtype)
+    if pad_value is not None:
+        minimum = np.full(x.shape[-1], pad_value, dtype=volume.dtype)
+    else:
+        minimum = x.reshape(-1, x.shape[-1]).min(axis=0) if x.size else np.zeros(x.shape[-1], x.dtype)
     out = np.empty((size[0], size[1], x.shape[-1]), dtype=volume.dtype)
     out[...] = minimum[None, None, :]
     out[pads[0][0]:pads[0][0] + x.shape[0], pads[1][0]:pads[1][0] + x.shape[1]] = x
@@ -61,3 +66,13 @@ def restore_slices(array: np.ndarray, record: SliceFit, fill: float = 0) -> np.n
     out = np.full(record.original + (x.shape[-1],), fill, dtype=array.dtype)
     out[c0:d0, c1:d1] = kept
     return np.moveaxis(out, -1, record.axis)
+
+
+def fitted_shift(record: SliceFit) -> list[int]:
+    """Index offset (per axis) from the fitted grid to the grid before fitting: voxel i of the
+    fitted grid is voxel ``i + shift`` before it (negative in the padding)."""
+    in_plane = [a for a in range(3) if a != record.axis]
+    shift = [0, 0, 0]
+    for a, (before, _), (start, _) in zip(in_plane, record.pads, record.crops):
+        shift[a] = start - before
+    return shift
