@@ -339,3 +339,42 @@ def test_broken_dicom_series_is_reported_by_upload_name(tmp_path):
     detail = r.json()["detail"]
     assert r.status_code == 400 and detail.startswith("patient_gap.zip") and "missing" in detail, detail
     assert str(tmp_path) not in detail and c.get("/api/studies").json() == []
+
+
+def test_mha_upload_and_live_job_events(tmp_path, serve_models):
+    import json
+
+    from delineo.io import read_image, write_image
+
+    mha = write_image(read_image(CASE), tmp_path / "scan.mha")
+    c = client(tmp_path / "ws", serve_models)
+    study = upload(c, mha).json()
+    assert study["status"] == "ready" and study["shape"] == [35, 51, 35]
+    model = c.get("/api/models").json()[0]["id"]
+    job = c.post(f"/api/studies/{study['id']}/run", json={"model": model}).json()
+    states = []
+    with c.stream("GET", f"/api/events?study={study['id']}") as events:  # server-sent events
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                mine = [j for j in json.loads(line[6:])["jobs"] if j["id"] == job["id"]]
+                states.append((mine[0]["state"], mine[0]["progress"]))
+                if mine[0]["state"] in ("done", "failed"):
+                    break
+    assert states[-1] == ("done", 1.0), states
+    progress = [p for _, p in states]
+    assert progress == sorted(progress)  # progress only moves forward
+
+
+def test_ct_dicom_gets_ct_window_presets(tmp_path):
+    from .conftest import needs_shared
+    from .serve_fixtures import zip_folder
+
+    ct = needs_shared() / "ct-abdomen" / "dicom"
+    archive = zip_folder(ct, tmp_path / "ct.zip")
+    c = client(tmp_path / "ws")
+    study = c.post("/api/studies", files={"files": ("ct.zip", archive.read_bytes())}).json()
+    assert study["modality"] == "CT" and study["shape"] == [512, 512, 20] and study["window"] == "soft tissue"
+    assert study["windows"]["lung"] == [-1350.0, 150.0] and study["windows"]["bone"] == [-500.0, 1300.0]
+    assert set(study["windows"]) == {"auto", "soft tissue", "liver", "lung", "bone"}
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(c.get(f"/api/studies/{study['id']}/image.nii.gz").content))
+    assert img.get_data_dtype() == np.int16 and int(np.asarray(img.dataobj).min()) <= -1000  # HU, air
