@@ -115,6 +115,25 @@ def test_database_outage_mid_training_loses_nothing_and_blocks_no_epoch(backend,
     assert max(seconds[2:5]) < max(seconds[:2] + seconds[5:]) + 3.0, seconds
 
 
+def test_a_bad_database_url_never_stops_training(tmp_path, caplog):
+    """An unusable database (here an unsupported one) costs the training nothing: the hook
+    returns at once and the writes wait in the run folder's journal."""
+    from delineo.track.tracker import start_tracker
+    from delineo.track.writer import read_journal
+
+    run_dir = tmp_path / "runs" / "exp" / "fold_0"
+    run_dir.mkdir(parents=True)
+    tracker = start_tracker(run_dir, {"name": "exp"}, 0, False, tmp_path / "runs", db="mysql://nowhere/db")
+    t0 = time.perf_counter()
+    for e in range(1, 4):
+        tracker.epoch({"epoch": e - 1, "train_loss": 1.0 / e}, e)
+    assert time.perf_counter() - t0 < 0.05
+    tracker.close("finished", timeout=0.5)
+    ops = read_journal(run_dir / "track_pending.jsonl")
+    assert [o["op"] for o in ops] == ["session", "epoch", "epoch", "epoch", "status"]
+    assert "unsupported database 'mysql'" in caplog.text
+
+
 _KILLED_TRAINING = textwrap.dedent("""
     import sys, yaml
     from delineo.config import config_from_dict

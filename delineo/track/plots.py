@@ -18,8 +18,12 @@ def _figure(n: int):
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes.flat[n:]:
         ax.set_visible(False)
+    for ax in axes.flat[:n]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
     return plt, fig, list(axes.flat[:n])
 
 
