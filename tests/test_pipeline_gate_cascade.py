@@ -371,7 +371,7 @@ def _quick_example_runs(root: Path, names: list[str], extra: dict[str, list[str]
     from delineo.config import load_config
     from delineo.train.loop import train
 
-    quick = ["data.max_cases=8", "train.epochs=2", "train.iterations_per_epoch=3", "train.num_threads=2",
+    quick = ["data.max_cases=8", "train.epochs=2", "train.iterations_per_epoch=3", "train.num_threads=1",
              "train.device=cpu", "sampling.batch_size=2", "train.early_stopping_patience=null",
              "train.val_every=100"]
     for name in names:  # fold 0 only: these pipelines search nothing, so no out-of-fold cases are needed
@@ -390,6 +390,7 @@ def _example_pipeline_here(name: str, root: Path) -> Path:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)
 def test_liver_cascade_example_builds_and_predicts_on_the_ct_sample(tmp_path: Path):
     """examples/liver_cascade_pipeline.yaml with its two experiments (shrunk: ResNet-18, small
     U-Net) on the embedded CT sample: builds, predicts, maps back exactly (liver label = the
@@ -414,3 +415,34 @@ def test_liver_cascade_example_builds_and_predicts_on_the_ct_sample(tmp_path: Pa
     assert not np.any(out[liver == 0])
     mask, _, _ = pipe.predict_images([image])
     assert np.array_equal(mask.array, out) and np.allclose(mask.affine, image.affine)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800)
+def test_pneumothorax_gate_example_builds_and_predicts_on_the_sample(tmp_path: Path):
+    """examples/pneumothorax_gate_pipeline.yaml with its two experiments (shrunk to ResNet-18)
+    on the embedded hippocampus stand-in: the threshold is searched on fold 0's validation
+    cases, and the saved pipeline empties exactly the slices scored under it."""
+    from delineo.infer.pipeline.build import build_pipeline
+    from delineo.infer.pipeline.runner import Pipeline
+    from delineo.io.files import read_image
+
+    shrink = {"pneumothorax_unet": ["model.backbone=resnet18", "model.decoder_channels=[32,16,16,8,8]",
+                                    "sampling.patch_size=[64,64]"],
+              "pneumothorax_classifier": ["model.backbone=resnet18", "sampling.patch_size=[64,64]"]}
+    _quick_example_runs(tmp_path, ["pneumothorax_unet", "pneumothorax_classifier"], shrink)
+    written, built = build_pipeline(_example_pipeline_here("pneumothorax_gate_pipeline", tmp_path),
+                                    tmp_path / "ptx.delineo", device="cpu", progress=False)
+    summary = built.stages[-1].tables["summary"]
+    assert summary["n_cases"] >= 1 and summary["dice_gated"] >= summary["dice_ungated"]
+    pipe = Pipeline.load(written, "cpu")
+    val = json_cases(tmp_path / "runs" / "pneumothorax_unet" / "fold_0")
+    image = read_image(EXAMPLES.parent / "delineo" / "sample_data" / "hippocampus" / "imagesTr" /
+                       f"{val[0]}_0000.nii.gz")
+    case = pipe.run_case(CaseData([image], val[0]))
+    scores = np.asarray(case.outputs["gate"].info["gate"]["scores"])
+    out, before = case.outputs["gate"].mask, case.outputs["unet"].mask
+    t = pipe.stages[-1].threshold
+    assert len(scores) == image.spatial_shape[2]
+    for k, s in enumerate(scores):
+        assert np.array_equal(out[..., k], before[..., k] if s >= t else np.zeros_like(before[..., k]))
