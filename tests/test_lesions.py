@@ -137,6 +137,7 @@ def test_size_brackets_and_table_round_trip(tmp_path):
     # predicted lesions: 125, 27, 64 (FP) in [10,400); 400 and 500 in [400,1000)
     assert summary["[10,400) voxels"]["precision"] == pytest.approx(2 / 3)
     assert summary["[400,1000) voxels"]["precision"] == 1.0 and summary["[400,1000) voxels"]["recall"] is None
+    assert summary["[400,1000) voxels"]["f1"] is None and summary["[10,400) voxels"]["f1"] == pytest.approx(0.8)
     by_ml = summarise_lesions(rows, 1, edges=[0, 0.2], unit="ml")["lesion"]
     assert by_ml["[0,0.2) ml"]["n_ref"] == 3 and by_ml["[0.2,inf) ml"]["n_ref"] == 1
     path = write_lesion_table(rows, tmp_path / "lesions.csv")

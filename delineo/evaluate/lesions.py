@@ -259,7 +259,8 @@ def _pooled(rows: Iterable[dict[str, Any]], n_cases: int) -> dict[str, float | i
     precision = n_cor / n_pred if n_pred else None
     return {
         "n_ref": n_ref, "n_detected": n_det, "recall": recall, "n_pred": n_pred, "n_correct": n_cor,
-        "precision": precision, "f1": _f1(recall, precision, False) if (n_ref or n_pred) else None,
+        # a bracket may hold reference lesions but no predicted ones (or the reverse): F1 is then undefined
+        "precision": precision, "f1": None if recall is None or precision is None else _f1(recall, precision, False),
         "fp": n_pred - n_cor, "fp_per_case": (n_pred - n_cor) / n_cases if n_cases else None,
         # mean over the cases that have such lesions (a case without any has no recall to average)
         "recall_mean_per_case": float(np.mean(case_recalls)) if case_recalls else None,
