@@ -17,6 +17,8 @@ SHARED = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "delineo" / "sample_data" / "hippocampus"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Tests never write into a user's experiment database; the tests of delineo.track set their own.
+os.environ["DELINEO_DB"] = "off"
 
 
 def needs_shared() -> Path:
