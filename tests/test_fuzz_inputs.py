@@ -34,7 +34,7 @@ TRIED: Counter = Counter()
 OUTCOMES: Counter = Counter()
 
 FAST = settings(max_examples=60, deadline=20_000, suppress_health_check=list(HealthCheck), derandomize=True)
-SOAK = settings(max_examples=1500, deadline=60_000, suppress_health_check=list(HealthCheck))
+SOAK = settings(max_examples=500, deadline=60_000, suppress_health_check=list(HealthCheck))
 
 
 def _one_sentence(err: Exception, path: Path) -> None:
@@ -151,6 +151,7 @@ def test_fuzz_nifti_headers(case):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 @SOAK
 @given(nifti_bytes())
 def test_fuzz_nifti_headers_soak(case):
@@ -299,6 +300,7 @@ def test_fuzz_dicom_series(edits):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 @SOAK
 @given(dicom_edits())
 def test_fuzz_dicom_series_soak(edits):
@@ -354,6 +356,7 @@ def test_fuzz_zip_archives(members):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 @SOAK
 @given(zip_members())
 def test_fuzz_zip_archives_soak(members):
@@ -418,6 +421,8 @@ def test_fuzz_yaml_tags(case):
     _run_yaml(case)
 
 
-def test_fuzz_summary():
-    """Prints the figures of this session's fuzzing (run with -s to see them)."""
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_summary():
+    """Prints the figures of this module's fuzzing when it ends (run with -s to see them)."""
+    yield
     print(f"\nfuzz inputs tried: {dict(TRIED)}; outcomes: {dict(OUTCOMES)}")
