@@ -233,7 +233,7 @@ def test_locked_sqlite_is_journalled_then_imported(tmp_path):
     assert len(journal.read_text().splitlines()) == 6
     from delineo.cli import main
 
-    assert main(["runs", "import", str(tmp_path / "runs"), "--runs", str(tmp_path / "runs")]) == 0
+    assert main(["runs", "import", str(tmp_path / "runs"), "--db", str(db)]) == 0
     assert not journal.exists()
     store = Store(f"sqlite:///{db}")
     with store.engine.connect() as conn:
