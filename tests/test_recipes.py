@@ -43,6 +43,18 @@ def test_five_recipes_with_their_sections():
         recipes.recipe_path("wmhh")
 
 
+def test_recipe_verb_lists_shows_and_locates(capsys):
+    assert main(["recipe", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"{n} " in listed for n in NAMES) and "classifier.yaml, pipeline.yaml, unet.yaml" not in listed
+    assert "classifier.yaml, unet.yaml" in listed  # experiment files only
+    assert main(["recipe", "path", "liver"]) == 0
+    assert Path(capsys.readouterr().out.strip()) == recipes.RECIPES_DIR / "liver"
+    assert main(["recipe", "show", "liver"]) == 0
+    assert capsys.readouterr().out.startswith("# Liver and liver tumours on CT")
+    assert main(["recipe", "show"]) == 2 and "a recipe NAME is needed" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_experiments_validate_and_their_data_loads(name: str):
     files = recipes.experiment_files(name)
