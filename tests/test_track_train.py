@@ -315,3 +315,25 @@ def test_runs_workflow(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["runs", "list", *base]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+@pytest.mark.soak
+def test_torchrun_records_one_session_from_rank_0(tmp_path):
+    """Two processes under torchrun: only rank 0 writes, so one session with each epoch once."""
+    import socket
+
+    data = write_msd(tmp_path / "data", n=8)
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(phantom_experiment(data, epochs=3, iterations_per_epoch=2)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "ddp.db"
+    res = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
+                          "-m", "delineo.cli", "train", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "runs"),
+                          "--db", str(db), "--no-evaluate", "-q"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=500)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT status, current_epoch FROM session").fetchall() == [("finished", 3)]
+        assert c.execute("SELECT epoch, COUNT(*) FROM epoch_metric WHERE name = 'train_loss' GROUP BY epoch"
+                         ).fetchall() == [(1, 1), (2, 1), (3, 1)]
