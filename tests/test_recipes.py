@@ -77,15 +77,21 @@ def test_recipe_copy_has_absolute_data_paths_and_refuses_a_full_folder(tmp_path:
     assert "already exists" in capsys.readouterr().err
 
 
-def test_headneck_window_recipe_trains_and_writes_the_test_fold_back(tmp_path: Path):
+@pytest.fixture(scope="module")
+def headneck_run(tmp_path_factory) -> Path:
+    """The head-and-neck recipe (window preset) trained shrunk on the HDF5 stand-in, once."""
     exp = recipes.recipe_path("headneck_petct") / "experiment.yaml"
-    runs = tmp_path / "runs"
+    runs = tmp_path_factory.mktemp("headneck") / "runs"
     assert main(["-q", "train", str(exp), "--fold", "0", "--runs", str(runs), "--no-evaluate",
                  *sum((["--set", s] for s in TINY + ["model.filters=[8,16]", "sampling.patch_size=[40,56]",
                                                      "train.optimizer.lr=0.003"]), [])]) == 0
-    source = load_config(exp).data.source.path
+    return runs / "headneck_petct" / "fold_0"
+
+
+def test_headneck_window_recipe_trains_and_writes_the_test_fold_back(headneck_run: Path, tmp_path: Path):
+    source = load_config(recipes.recipe_path("headneck_petct") / "experiment.yaml").data.source.path
     out = tmp_path / "fold4.h5"
-    assert main(["-q", "predict-hdf5", str(runs / "headneck_petct" / "fold_0"), source, str(out), "--fold", "4"]) == 0
+    assert main(["-q", "predict-hdf5", str(headneck_run), source, str(out), "--fold", "4"]) == 0
     with h5py.File(source) as src, h5py.File(out) as dst:
         assert list(dst) == ["fold_4"]
         assert np.array_equal(dst["fold_4/x"][()], src["fold_4/x"][()])
@@ -149,3 +155,20 @@ def test_recipe_pipeline_files_validate_and_name_the_recipe_runs(name: str):
     trained = {load_config(p).name for p in recipes.experiment_files(name)}
     named = {Path(r).parts[1] for s in sections for r in (getattr(s, "runs", None) or [])}
     assert named == trained, (named, trained)
+
+
+def test_headneck_modality_gradient_panels(headneck_run: Path, tmp_path: Path, capsys):
+    """The CT-vs-PET gradient panels of a fold_4 patient of the stand-in: the PNG is written and
+    each channel gets its inside-the-prediction numbers; the summary's arithmetic by hand."""
+    source = load_config(recipes.recipe_path("headneck_petct") / "experiment.yaml").data.source.path
+    out = tmp_path / "panels.png"
+    capsys.readouterr()
+    assert main(["-q", "modality-gradients", str(headneck_run), source, "--fold", "4", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(out) and out.stat().st_size > 10_000
+    assert lines[1].startswith("CT: mean |g| ") and lines[2].startswith("PET: mean |g| ")
+    from delineo.explain.modality import channel_summary
+
+    g = np.array([[[[1.0, -2.0]]], [[[0.0, 4.0]]]])  # (C=2, 1, 1, 2)
+    s = channel_summary(g, np.array([[[1, 1]]]), ["CT", "PET"])
+    assert s["CT"] == {"magnitude": 1.5, "positive": 0.5, "negative": 1.0} and s["PET"]["positive"] == 2.0

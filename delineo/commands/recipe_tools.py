@@ -1,5 +1,6 @@
-"""Verbs of the recipes: run-length CSVs for the pneumothorax recipe and test-fold prediction
-into the HDF5 fold layout for the head-and-neck recipe."""
+"""Verbs of the recipes: run-length CSVs and the SIIM converter (pneumothorax), test-fold
+prediction into the HDF5 fold layout and the per-modality gradient panels (head and neck),
+tumour burden and the error-overlap matrix (liver)."""
 
 from __future__ import annotations
 
@@ -117,4 +118,53 @@ def cmd_convert_siim(args: argparse.Namespace) -> int:
     from delineo.io.siim import convert_siim
 
     print(convert_siim(args.dicoms, args.rle_csv, args.output, args.flavour, args.max_images))
+    return 0
+
+
+def _modality_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="checkpoint (.pt) or run folder of a multi-channel model")
+    p.add_argument("inputs", type=Path, nargs="+",
+                   help="one file per channel (case_0000, case_0001, ...), or a deoxys HDF5 file with --fold")
+    p.add_argument("--fold", type=int, default=None, help="HDF5 input: the fold group (its first patient, or --patient)")
+    p.add_argument("--patient", default=None, help="HDF5 input: the patient_idx to show")
+    p.add_argument("--names", default=None, help="channel names, comma-separated (default: CT,PET for 2 channels)")
+    p.add_argument("--out", type=Path, default=Path("modality_gradients.png"), help="PNG to write")
+
+
+@verb("modality-gradients", "per-channel gradient panels (magnitude, positive, negative): which modality drove a contour",
+      _modality_args)
+def cmd_modality_gradients(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from delineo.errors import InputError
+    from delineo.explain.modality import channel_summary, modality_gradients, save_modality_panels
+    from delineo.infer.predictor import Predictor
+    from delineo.io.files import read_image
+
+    model = args.model / "checkpoints" / "best.pt" if args.model.is_dir() else args.model
+    predictor = Predictor.from_checkpoint(model, device="cpu")
+    if len(args.inputs) == 1 and args.inputs[0].suffix.lower() in (".h5", ".hdf5"):
+        from delineo.config import DataConfig, DataSource
+        from delineo.data.sources import load_dataset
+
+        if args.fold is None:
+            raise InputError(f"{args.inputs[0]}: an HDF5 input needs --fold.")
+        cases = [c for c in load_dataset(DataConfig(source=DataSource(type="hdf5", path=str(args.inputs[0])))).cases
+                 if c.fold == args.fold and (args.patient is None or c.patient == str(args.patient))]
+        if not cases:
+            raise InputError(f"{args.inputs[0]}: no patient {args.patient or ''} in fold_{args.fold}.")
+        images, _ = cases[0].load()
+    else:
+        images = [read_image(p) for p in args.inputs]
+    n = len(images)
+    names = args.names.split(",") if args.names else (["CT", "PET"] if n == 2 else [f"channel {i}" for i in range(n)])
+    if len(names) != n:
+        raise InputError(f"--names {args.names}: {len(names)} names for {n} channels.")
+    grad, pred = modality_gradients(predictor, images)
+    axis = predictor.meta.axis if predictor.meta.mode != "3d" else 2
+    stack = np.stack([np.asarray(im.array, dtype=np.float32) for im in images])
+    print(save_modality_panels(args.out, stack, grad, pred, names, axis=axis))
+    for name, s in channel_summary(grad, pred, names).items():
+        print(f"{name}: mean |g| {s['magnitude']:.3g}, positive {s['positive']:.3g}, negative {s['negative']:.3g} "
+              f"(inside the prediction)")
     return 0
