@@ -149,9 +149,7 @@ def start_tracker(run_dir: Path, config: dict[str, Any], fold: Optional[int], re
             write_text_atomic(session_file, json.dumps({"session": uid}) + "\n")
         journal = run_dir / F.JOURNAL_FILE
         writer = BufferedWriter(url, journal)
-        old = read_journal(journal) if resume else []
-        if not resume:
-            journal.unlink(missing_ok=True)
+        old = read_journal(journal)  # writes an earlier process could not deliver (they name their own session)
         ops = old + [F.session_op(uid, run_dir, config, fold, status="running", at=_now(), host=socket.gethostname(),
                                   git_commit=git_commit(), versions=_versions())]
         if resume:
