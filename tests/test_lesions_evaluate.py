@@ -102,3 +102,23 @@ def test_slice_dice_conventions():
     one[0, 0, 1] = True
     assert slice_dice(one, empty) == (pytest.approx(2 / 3), 3)  # one slice one-empty: 0
     assert slice_dice(one[..., 1], empty[..., 1]) == (0.0, 1)  # a 2D image is one slice
+
+
+def test_cross_validation_summary_joins_fold_lesion_tables(tmp_path):
+    """summarise_folds (after `train --fold all`) pools the held-out lesions of every fold."""
+    from delineo.config import config_from_dict, save_config
+    from delineo.evaluate.run import summarise_folds
+    from delineo.evaluate.table import evaluate_folders
+
+    pred, ref = _folders(tmp_path)
+    exp = tmp_path / "exp"
+    cfg = config_from_dict({"data": {"source": {"path": str(ref)}}})
+    for fold in ("fold_0", "fold_1"):  # the same two cases in each fold: every count doubles
+        evaluate_folders(pred, ref, {1: "lesion"}, exp / fold, report=False)
+        save_config(cfg, exp / fold / "config.yaml")
+    summary = summarise_folds(exp)
+    assert summary["n_cases"] == 2 and set(summary["folds"]) == {"fold_0", "fold_1"}
+    assert len(read_lesion_table(exp / "metrics" / "lesions.csv")) == 10
+    pooled = summary["aggregations"]["pooled"]["labels"]["lesion"]
+    assert pooled["lesion_n_ref"] == 6 and pooled["lesion_recall"] == pytest.approx(1 / 3)
+    assert summary["lesions"]["labels"]["lesion"]["all"]["fp_per_case"] == pytest.approx(0.5)

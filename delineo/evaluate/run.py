@@ -86,23 +86,35 @@ def evaluate_run(run_dir: str | Path, predictions: str = "best", progress: bool 
 def summarise_folds(exp_dir: str | Path) -> dict[str, Any]:
     """Cross-validation summary: the per-case rows of every ``fold_*/metrics/cases.csv`` of an
     experiment (each case scored once, by the fold that held it out) into
-    ``<exp>/metrics/cases.csv`` and ``<exp>/metrics/summary.json`` (with per-fold mean Dice)."""
+    ``<exp>/metrics/cases.csv`` and ``<exp>/metrics/summary.json`` (with per-fold mean Dice),
+    and, when the folds wrote them, the joined ``metrics/lesions.csv`` with the aggregations and
+    lesion metrics of the experiment's ``evaluate:`` section over all held-out cases."""
+    from delineo.evaluate.lesions import read_lesion_table
     from delineo.evaluate.table import read_cases_csv
 
     exp_dir = Path(exp_dir)
     rows: list[dict[str, Any]] = []
     per_fold: dict[str, Any] = {}
+    lesion_rows: list[dict[str, Any]] = []
+    options = None
     for fold_dir in sorted(exp_dir.glob("fold_*")):
         path = fold_dir / "metrics" / "cases.csv"
         if not path.is_file():
             continue
+        if options is None and (fold_dir / "config.yaml").is_file():
+            options = load_config(fold_dir / "config.yaml").evaluate
+        if (fold_dir / LESIONS_CSV).is_file():
+            lesion_rows += read_lesion_table(fold_dir / LESIONS_CSV)
         fold_rows = read_cases_csv(path)
         rows += [{**r, "fold": fold_dir.name} for r in fold_rows]
         per_fold[fold_dir.name] = summarise(fold_rows).get("mean_dice")
     if not rows:
         raise InputError(f"{exp_dir}: no evaluated folds (fold_*/metrics/cases.csv) to summarise.")
-    summary = summarise(rows)
+    extended = options is not None and "slice_dice" in rows[0]  # folds evaluated with this version
+    summary = summarise_full(rows, lesion_rows, options) if extended else summarise(rows)
     summary["folds"] = per_fold
+    if extended and options.lesions.enabled:
+        write_lesion_table(lesion_rows, exp_dir / LESIONS_CSV)
     write_cases_csv(rows, exp_dir / "metrics" / "cases.csv")
     write_summary_json(summary, exp_dir / "metrics" / "summary.json")
     return summary
