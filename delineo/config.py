@@ -69,6 +69,8 @@ class DataConfig(Strict):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="patients held out of every fold")
     val_fraction: Optional[float] = Field(None, gt=0.0, lt=1.0, description="one seeded split by patient "
                                           "instead of k folds (0.2: 80/20); it is fold 0, and 'folds' is ignored")
+    test_folds: list[int] = Field(default_factory=list, description="HDF5: predefined fold groups held out of "
+                                  "training and validation (the test set); fold k is then the k-th remaining group")
     max_cases: Optional[int] = Field(None, ge=2, description="use only the first N cases (quick runs)")
 
 

@@ -174,3 +174,16 @@ def test_slice_fit_in_preprocess_restores_exactly_and_keeps_the_affine():
 
     again = GeometryRecord.from_dict(json.loads(json.dumps(rec.to_dict())))  # as stored in the cache
     assert np.array_equal(restore(y, again, is_label=True), restore(y, rec, is_label=True))
+
+
+def test_predefined_test_folds_are_out_of_every_fold():
+    cases = [Case(f"fold_{g}_p{g}{i}", patient=f"{g}{i}", fold=g) for g in range(5) for i in range(2)]
+    s = make_splits(cases, folds=4, test_folds=[2])
+    assert s["test"] == ["fold_2_p20", "fold_2_p21"] and len(s["folds"]) == 4
+    assert [f["val"] for f in s["folds"]] == [["fold_0_p00", "fold_0_p01"], ["fold_1_p10", "fold_1_p11"],
+                                              ["fold_3_p30", "fold_3_p31"], ["fold_4_p40", "fold_4_p41"]]
+    assert all(not set(s["test"]) & set(f["train"]) for f in s["folds"])
+    with pytest.raises(InputError, match="no fold group 7"):
+        make_splits(cases, folds=4, test_folds=[7])
+    with pytest.raises(InputError, match="needs predefined folds"):
+        make_splits([Case("a"), Case("b"), Case("c")], folds=2, test_folds=[0])

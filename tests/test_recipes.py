@@ -92,6 +92,9 @@ def test_headneck_window_recipe_trains_and_writes_the_test_fold_back(headneck_ru
     source = load_config(recipes.recipe_path("headneck_petct") / "experiment.yaml").data.source.path
     out = tmp_path / "fold4.h5"
     assert main(["-q", "predict-hdf5", str(headneck_run), source, str(out), "--fold", "4"]) == 0
+    splits = json.loads((headneck_run.parent / "splits.json").read_text())  # fold_4 never trained on
+    assert splits["test"] and all(c.startswith("fold_4_") for c in splits["test"]) and len(splits["folds"]) == 4
+    assert not any(c.startswith("fold_4_") for f in splits["folds"] for c in f["train"] + f["val"])
     with h5py.File(source) as src, h5py.File(out) as dst:
         assert list(dst) == ["fold_4"]
         assert np.array_equal(dst["fold_4/x"][()], src["fold_4/x"][()])

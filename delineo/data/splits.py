@@ -8,7 +8,7 @@ import json
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from delineo.data.sources import Case
 from delineo.errors import InputError
@@ -16,7 +16,8 @@ from delineo.io.atomic import write_text_atomic
 
 
 def make_splits(cases: list[Case], folds: int, seed: int = 0, stratify: bool = True,
-                test_fraction: float = 0.0, val_fraction: Optional[float] = None) -> dict:
+                test_fraction: float = 0.0, val_fraction: Optional[float] = None,
+                test_folds: Sequence[int] = ()) -> dict:
     """``{"test": [...], "folds": [{"train": [...], "val": [...]}, ...]}`` of case ids.
 
     Patients (not cases) are assigned to folds; with groups, each group is dealt round-robin
@@ -34,6 +35,17 @@ def make_splits(cases: list[Case], folds: int, seed: int = 0, stratify: bool = T
     order = sorted(patients)
     rng.shuffle(order)
     test: list[str] = []
+    if test_folds:  # predefined test groups (deoxys HDF5): out of every fold, the others renumbered 0..
+        if not predefined or len(predefined) != len(patients):
+            raise InputError("data.test_folds needs predefined folds (an HDF5 source in the deoxys layout).")
+        missing = sorted(set(test_folds) - set(predefined.values()))
+        if missing:
+            raise InputError(f"data.test_folds: no fold group {missing[0]} (groups {sorted(set(predefined.values()))}).")
+        test = sorted(cid for p in order if predefined[p] in test_folds for cid in patients[p])
+        order = [p for p in order if predefined[p] not in test_folds]
+        kept = sorted(set(predefined[p] for p in order))
+        predefined = {p: kept.index(predefined[p]) for p in order}
+        patients = {p: patients[p] for p in order}
     if test_fraction > 0:
         n_test = max(1, round(len(order) * test_fraction))
         test_patients, order = order[:n_test], order[n_test:]
@@ -80,7 +92,8 @@ def holdout_split(patients: dict[str, list[str]], order: list[str], val_fraction
 
 
 def load_or_make_splits(path: Path, cases: list[Case], folds: int, seed: int, stratify: bool,
-                        test_fraction: float, val_fraction: Optional[float] = None) -> dict:
+                        test_fraction: float, val_fraction: Optional[float] = None,
+                        test_folds: Sequence[int] = ()) -> dict:
     """Reuse ``path`` when it exists and covers exactly these cases; write it otherwise."""
     ids = {c.case_id for c in cases}
     if path.is_file():
@@ -92,7 +105,7 @@ def load_or_make_splits(path: Path, cases: list[Case], folds: int, seed: int, st
             f"{path}: the saved splits do not match the dataset's cases "
             f"({len(known ^ ids)} differ); delete it to make new splits."
         )
-    splits = make_splits(cases, folds, seed, stratify, test_fraction, val_fraction)
+    splits = make_splits(cases, folds, seed, stratify, test_fraction, val_fraction, test_folds)
     write_text_atomic(path, json.dumps(splits, indent=1))
     return splits
 

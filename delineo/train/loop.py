@@ -127,7 +127,7 @@ class Trainer:
             self.exp_dir.mkdir(parents=True, exist_ok=True)
             self.splits = load_or_make_splits(self.exp_dir / "splits.json", self.dataset.cases, cfg.data.folds,
                                               cfg.data.seed, cfg.data.stratify, cfg.data.test_fraction,
-                                              val_fraction=cfg.data.val_fraction)
+                                              val_fraction=cfg.data.val_fraction, test_folds=cfg.data.test_folds)
         d.barrier()
         if not d.main:
             self.splits = json.loads((self.exp_dir / "splits.json").read_text())
