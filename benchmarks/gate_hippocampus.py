@@ -99,6 +99,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_gate")
     ap.add_argument("--slices", type=Path, default=None, help="folder of the 2D images (default: OUT/slices)")
     ap.add_argument("--cache", type=Path, default=None, help="preprocessing cache shared by both models (OUT/cache)")
+    ap.add_argument("--min-sensitivity", type=float, default=None, help="sensitivity floor of the threshold search")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("gate_bench")
@@ -126,12 +127,14 @@ def main() -> int:
             t0 = time.perf_counter()
             train(config_from_dict(cfg), runs, fold=0, progress=False, cache_root=args.cache or args.out / "cache")
             train_s[cfg["name"]] = time.perf_counter() - t0
-    pfile = args.out / "gate_pipeline.yaml"
+    tag = f"_sens{args.min_sensitivity:g}" if args.min_sensitivity else ""
+    pfile = args.out / f"gate_pipeline{tag}.yaml"
     pfile.write_text(yaml.safe_dump({"name": "hippocampus_gate", "build": {"max_cases": args.max_cases}, "stages": [
         {"name": "unet", "kind": "segment", "runs": [f"runs/{seg_cfg['name']}/fold_0"]},
-        {"name": "gate", "kind": "gate", "runs": [f"runs/{cls_cfg['name']}/fold_0"], "threshold": "search"}]}))
+        {"name": "gate", "kind": "gate", "runs": [f"runs/{cls_cfg['name']}/fold_0"], "threshold": "search",
+         "min_sensitivity": args.min_sensitivity}]}))
     t0 = time.perf_counter()
-    written, pipe = build_pipeline(pfile, args.out / "hippocampus_gate.delineo", device="cpu", progress=False)
+    written, pipe = build_pipeline(pfile, args.out / f"hippocampus_gate{tag}.delineo", device="cpu", progress=False)
     build_s = time.perf_counter() - t0
     gate = pipe.stages[-1]
 
@@ -152,7 +155,7 @@ def main() -> int:
                      "dice_alone": dice(alone, ref), "dice_gated": dice(gated, ref),
                      "pred_alone": int(alone.any()), "pred_gated": int(gated.any())})
     pred_s = (time.perf_counter() - t0) / max(len(rows), 1)
-    with open(args.out / "test_images.csv", "w", newline="") as fh:
+    with open(args.out / f"test_images{tag}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -175,7 +178,8 @@ def main() -> int:
                "search": gate.tables.get("summary"), "train_seconds": train_s, "build_seconds": build_s,
                "seconds_per_image": pred_s, "peak_mb": peak_mb(), "table": table,
                "minutes_per_model": args.minutes, "threads": args.threads}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary["min_sensitivity"] = args.min_sensitivity
+    (args.out / f"summary{tag}.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{len(rows)} test images ({summary['positive']} with hippocampus, {summary['negative']} without), "
           f"gate threshold {gate.threshold:.3f} (searched on {gate.tables['summary']['n_cases']} validation images)")
     print(f"classifier: AUC {summary['auc']:.3f}, sensitivity {summary['sensitivity']:.3f}, "
