@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", choices=["msd", "csv", "hdf5"], default=None, help="source type (default: from the path)")
     p.add_argument("--out", type=Path, default=None, help="experiment file to write (default: <dataset name>.yaml)")
     p.add_argument("--name", default=None, help="experiment name (default: the dataset folder name)")
+    p.add_argument("--budget", default=None,
+                   help="training time, e.g. 20m or 1h: fit spacing, patch, batch and width to it by a timed probe "
+                        "on --device, and comment every choice in the YAML")
+    p.add_argument("--device", default="cpu", help="device the budget is probed on (cpu, cuda; default cpu)")
     _add_common(p)
 
     p = sub.add_parser("train", help="train an experiment (one fold, or all folds)")
@@ -183,7 +187,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
                          "hdf5" if args.dataset.suffix.lower() in (".h5", ".hdf5") else "msd")
     data = DataConfig(source={"type": kind, "path": str(args.dataset.resolve())})
     out = args.out or Path(f"{(args.name or args.dataset.stem).lower()}.yaml")
-    path, plan = plan_dataset(data, out, args.name, progress=not args.quiet)
+    if args.budget is not None:
+        from delineo.data.budget import parse_duration
+
+        try:
+            parse_duration(args.budget)
+        except ValueError as exc:
+            raise InputError(f"--budget: {exc}.") from None
+    path, plan = plan_dataset(data, out, args.name, progress=not args.quiet, budget=args.budget, device=args.device)
     s = plan["sampling"]
     print(f"{path}: {s['mode']} U-Net {plan['model']['filters']}, patch {s['patch_size']}, batch {s['batch_size']}, "
           f"spacing {plan['preprocess']['spacing'] or 'as is'}; train it with: delineo train {path}")

@@ -41,6 +41,7 @@ class Fingerprint:
     shapes: np.ndarray  # (n, 3) voxels
     intensity: list[dict[str, float]] = field(default_factory=list)  # per channel, inside the labels
     foreground_fraction: float = 0.0
+    label_extents: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # (n, 3) mm, foreground bounding box
 
     @property
     def median_spacing(self) -> np.ndarray:
@@ -56,7 +57,7 @@ def fingerprint(data: DataConfig, max_cases: int = 200, progress: bool = True) -
     the labelled voxels (nnU-Net's foreground statistics, used for CT windows)."""
     ds = load_dataset(data)
     cases = ds.cases[:max_cases]
-    spacings, shapes, fg_values, fg = [], [], [[] for _ in ds.channels], []
+    spacings, shapes, fg_values, fg, extents = [], [], [[] for _ in ds.channels], [], []
     rng = np.random.default_rng(0)
     for case in tqdm(cases, desc="fingerprint", unit="case", disable=not progress, leave=False):
         images, label = case.load()
@@ -65,6 +66,9 @@ def fingerprint(data: DataConfig, max_cases: int = 200, progress: bool = True) -
         mask = np.asarray(label.array) > 0 if label is not None else None
         if mask is not None:
             fg.append(mask.mean())
+            if mask.any():  # the structure's size, for the field of view a budgeted plan needs
+                idx = np.nonzero(mask)
+                extents.append([(int(i.max()) - int(i.min()) + 1) * float(sp) for i, sp in zip(idx, images[0].spacing)])
         for c, img in enumerate(images):
             values = np.asarray(img.array)[mask] if mask is not None and mask.any() else np.asarray(img.array).ravel()
             if len(values) > 10000:
@@ -76,7 +80,7 @@ def fingerprint(data: DataConfig, max_cases: int = 200, progress: bool = True) -
         stats.append({"p00_5": float(np.percentile(v, 0.5)), "p99_5": float(np.percentile(v, 99.5)),
                       "mean": float(v.mean()), "std": float(v.std())})
     return Fingerprint(len(cases), list(ds.channels), dict(ds.labels), np.asarray(spacings), np.asarray(shapes),
-                       stats, float(np.mean(fg)) if fg else 0.0)
+                       stats, float(np.mean(fg)) if fg else 0.0, np.asarray(extents).reshape(-1, 3))
 
 
 def _preset(name: str, stats: dict[str, float]) -> dict[str, Any]:
@@ -145,15 +149,25 @@ def make_plan(fp: Fingerprint, name: str, data: DataConfig) -> dict[str, Any]:
     return plan
 
 
-def plan_dataset(data: DataConfig, out: Path, name: Optional[str] = None, progress: bool = True) -> tuple[Path, dict]:
-    """Fingerprint ``data``, write the planned experiment to ``out`` (validated), return both."""
+def plan_dataset(data: DataConfig, out: Path, name: Optional[str] = None, progress: bool = True,
+                 budget: Optional[str] = None, device: str = "cpu") -> tuple[Path, dict]:
+    """Fingerprint ``data``, write the planned experiment to ``out`` (validated), return both.
+    With a ``budget`` (``20m``) the plan is fitted to that time on ``device`` by a timed probe
+    and written with a comment on every choice (delineo.data.budget)."""
     fp = fingerprint(data, progress=progress)
     plan = make_plan(fp, name or Path(data.source.path).name.lower().replace(" ", "-"), data)
-    config_from_dict(plan, source=str(out))  # the plan must be a valid experiment
     header = (
         f"# Planned by `delineo plan` from {fp.n_cases} cases: median spacing "
         f"{np.round(fp.median_spacing, 3).tolist()} mm, median shape {np.median(fp.shapes, 0).astype(int).tolist()}, "
         f"channels {fp.channels}, labels {fp.labels}.\n# Edit freely; every field is documented in README.md.\n"
     )
+    if budget is not None:
+        from delineo.data.budget import budget_plan, dump_commented, parse_duration
+
+        plan, comments, _ = budget_plan(fp, plan, parse_duration(budget), device)
+        config_from_dict(plan, source=str(out))
+        write_text_atomic(out, dump_commented(plan, comments, header.rstrip() + f"\n# Budget {budget} on {device}."))
+        return Path(out), plan
+    config_from_dict(plan, source=str(out))  # the plan must be a valid experiment
     write_text_atomic(out, header + yaml.safe_dump(plan, sort_keys=False))
     return Path(out), plan
