@@ -291,9 +291,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from delineo.infer.run import predict_paths
     from delineo.infer.shard import LIST_SUFFIXES, predict_many, rank_world
 
-    many = args.input.is_dir() or args.input.suffix.lower() in LIST_SUFFIXES
-    if rank_world()[1] > 1 or args.prefetch is not None or (many and (args.precision or args.max_memory)) \
-            or args.input.suffix.lower() in LIST_SUFFIXES:
+    if rank_world()[1] > 1 or args.prefetch is not None or args.input.suffix.lower() in LIST_SUFFIXES:
         s = predict_many(args.model, args.input, args.output, fmt=args.fmt, tta=args.tta, device=args.device,
                          prefetch=2 if args.prefetch is None else args.prefetch, precision=args.precision,
                          max_memory=args.max_memory, progress=not args.quiet)
@@ -308,7 +306,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             uncertainty=args.uncertainty,
                             tta=args.tta, device=args.device, progress=not args.quiet, fmt=args.fmt,
                             series=args.series, anonymise=args.anonymise, patient_data=args.patient_data,
-                            skip_existing=args.skip_existing)
+                            skip_existing=args.skip_existing, precision=args.precision, max_memory=args.max_memory)
     for path in written:
         print(path)
     return 0

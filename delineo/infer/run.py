@@ -106,7 +106,8 @@ def _write_fmt(job: Job, fmt: Optional[str]) -> Optional[str]:
 def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bool = False, tta: Optional[bool] = None,
                   device: str = "auto", progress: bool = True, fmt: Optional[str] = None,
                   series: Optional[str] = None, anonymise: bool = False, uncertainty: Optional[str] = None, patient_data: bool = False,
-                  skip_existing: bool = False) -> list[Path]:
+                  skip_existing: bool = False, precision: Optional[str] = None,
+                  max_memory: Optional[str] = None) -> list[Path]:
     """Predict every image under ``input_path``; return the written mask paths.
 
     ``fmt`` is one of nifti, nrrd, dicom-seg, rtstruct, overlay (default: the input's format,
@@ -118,6 +119,10 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"--format {fmt}: unknown format (choose one of {', '.join(FORMATS)}).")
     predictor = load_predictor(model, device=device, tta=tta, uncertainty=uncertainty)  # checkpoint or .delineo
+    if precision or max_memory:  # --precision / --max-memory over the experiment's infer section
+        from delineo.infer.shard import apply_options
+
+        apply_options(predictor, precision, max_memory)
     input_path, output = Path(input_path), Path(output)
     jobs = _jobs(input_path, series)
     single = len(jobs) == 1 and (input_path.is_file() or jobs[0].source.is_dir())
@@ -159,7 +164,9 @@ def predict_paths(model: Path, input_path: Path, output: Path, probabilities: bo
         # extras and probabilities first, the mask last: a crash leaves no mask without its companions
         for key, extra in extras.items():  # e.g. a pipeline's --uncertainty map, beside the mask
             write_image(extra, out.with_name(case_name(out) + f"_{key}" + (image_suffix(out) or ".nii.gz")))
-        if probabilities or predictor.save_probabilities:
+        if (probabilities or predictor.save_probabilities) and probs is None:
+            log.warning("%s: probabilities not written: under --max-memory only labels are kept", job.source)
+        elif probabilities or predictor.save_probabilities:
             suffix = image_suffix(out) or ".nii.gz"
             prob_out = out.with_name(case_name(out) + "_probabilities" + suffix)
             write_image(probs, prob_out)
