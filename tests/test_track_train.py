@@ -143,14 +143,15 @@ _KILLED_TRAINING = textwrap.dedent("""
 
 
 @pytest.mark.soak
-def test_kill_9_mid_write_leaves_an_intact_database_that_resume_completes(tmp_path):
+def test_kill_9_mid_write_leaves_an_intact_database_that_resume_completes(tmp_path, monkeypatch):
     """SQLite in WAL mode: a training killed while its writer thread writes leaves a database
     that passes integrity_check and holds whole transactions only; --resume fills the gaps."""
     runs = tmp_path / "runs"
     db = runs / "delineo.db"
     raw = _raw(write_msd(tmp_path / "phantom", n=8), epochs=40, checkpoint_every=1)
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "DELINEO_DB": str(db), "OMP_NUM_THREADS": "1"}
+    monkeypatch.setenv("DELINEO_DB", str(db))  # for the killed process and the resume in this one
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_TRAINING, str(tmp_path / "exp.yaml"), str(runs)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = runs / "phantom" / "fold_0"
