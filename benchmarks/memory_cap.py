@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = r"""
@@ -85,6 +87,41 @@ print(json.dumps(out))
 """
 
 
+def conv_flops(patch: int) -> dict[str, tuple[float, float]]:
+    """(GFLOP per window, share at full resolution) of each network's convolutions, counted with
+    hooks on a 32^3 input and scaled by volume (convolution cost is linear in voxels)."""
+    import torch
+    from delineo.models.unet import UNet
+
+    nets = {"delineo 16-256": UNet(1, 14, dims=3, filters=(16, 32, 64, 128, 256))}
+    try:
+        from monai.networks.nets import UNet as MUNet
+
+        nets["monai 16-256 res2"] = MUNet(3, 1, 14, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2)
+    except ImportError:
+        pass
+    x = torch.randn(1, 1, 32, 32, 32)
+    out = {}
+    for name, net in nets.items():
+        tot = {"all": 0, "full": 0}
+
+        def hook(m, i, o):
+            k = int(np.prod(m.kernel_size))
+            f = 2 * (o.numel() * m.in_channels // m.groups if isinstance(m, torch.nn.Conv3d)
+                     else i[0].numel() * m.out_channels) * k
+            tot["all"] += f
+            tot["full"] += f if o.shape[2:] == x.shape[2:] else 0
+
+        hs = [m.register_forward_hook(hook) for m in net.modules()
+              if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+        with torch.no_grad():
+            net.eval()(x)
+        for h in hs:
+            h.remove()
+        out[name] = (tot["all"] * (patch / 32) ** 3 / 1e9, tot["full"] / tot["all"])
+    return out
+
+
 def run(code: str, args: dict) -> dict:
     r = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
@@ -126,6 +163,9 @@ def main() -> int:
         ref_work = (ref["peak"] - ref["base"]) / 2**30
         print(f"{v:16} {r['peak'] / 2**30:8.2f} {work:8.2f} {r['seconds']:8.1f} {r['peak'] / ref['peak']:6.2f} "
               f"{r['seconds'] / ref['seconds']:6.2f}   work x {work / max(ref_work, 1e-9):.2f}")
+    print(f"\nconvolution work per {args.patch}^3 window:")
+    for name, (gflop, full) in conv_flops(args.patch).items():
+        print(f"  {name:20} {gflop:7.1f} GFLOP, {full:.0%} of it at full resolution")
     if have_monai and not args.skip_window:
         w = run(WINDOW, common)
         print(f"\none {args.patch}^3 window, batch 1, forward only (best of 2, seconds):")
