@@ -205,6 +205,8 @@ def _apply_dicom(paths: list[Path], edits) -> None:
 
     for edit, k in edits:
         p = paths[k]
+        if not p.exists():  # removed by an earlier one_slice_only
+            continue
         if edit == "truncate":
             p.write_bytes(p.read_bytes()[: 200 + 40 * k])
             continue
