@@ -257,12 +257,23 @@ async function refreshStructures() {
 
 function renderStructures(rows) {
   const body = $("#structures tbody"); body.innerHTML = "";
-  for (const r of rows) {
+  const shown = [], rest = {};
+  for (const r of rows) {  // the 8 largest components of each label; specks summed in one line
+    if (r.component <= 8) shown.push(r); else (rest[r.name] = rest[r.name] || []).push(r);
+  }
+  for (const r of shown) {
     const tr = document.createElement("tr");
     tr.innerHTML = `<td></td><td>${r.component}</td><td>${r.volume_ml.toFixed(2)}</td><td>${r.diameter_mm.toFixed(1)}</td>`;
     tr.firstChild.textContent = r.name;
     tr.title = `centre ${r.centre_mm.join(", ")} mm; click to go there`;
     tr.addEventListener("click", () => jumpTo(r.centre_mm));
+    body.appendChild(tr);
+  }
+  for (const [name, more] of Object.entries(rest)) {
+    const tr = document.createElement("tr");
+    const ml = more.reduce((a, r) => a + r.volume_ml, 0);
+    tr.innerHTML = `<td colspan="4" class="muted"></td>`;
+    tr.firstChild.textContent = `${name}: ${more.length} smaller components, ${ml.toFixed(2)} ml in all`;
     body.appendChild(tr);
   }
 }
