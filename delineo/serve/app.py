@@ -289,7 +289,11 @@ def create_app(settings: Settings) -> FastAPI:
                 shutil.rmtree(out, ignore_errors=True)
             import nibabel as nib
 
-            values = np.abs(np.asarray(nib.load(str(dest)).dataobj, dtype=np.float32))
+            img = nib.load(str(dest))
+            values = np.abs(np.asarray(img.dataobj, dtype=np.float32))
+            if values.ndim == 4:  # one map per input channel or layer channel: one heat map to show
+                values = values.mean(axis=3) if values.shape[3] > 1 else values[..., 0]
+                nib.save(nib.Nifti1Image(values, img.affine), str(dest))
             nonzero = values[np.isfinite(values) & (values > 0)]
             # display range: attributions are heavy-tailed, so the colour bar spans the strongest
             # 10% (90th to 99.9th percentile of the non-zero magnitudes), not 0..max

@@ -409,6 +409,10 @@ async function onSegmented(job) {
 async function onExplained(job) {
   const r = job.result;
   if (state.heat) { nv.removeVolume(state.heat); state.heat = null; }
+  if (r.empty) {
+    status(`Explanation: ${r.method} is zero everywhere (the model predicts nothing to explain for this label).`);
+    return;
+  }
   await nv.addVolumeFromUrl({ url: `/api/studies/${state.study.id}/explain/${r.explanation}.nii.gz`,
     name: "explain.nii.gz", colormap: "warm", opacity: $("#heat-visible").checked ? 0.6 : 0,
     cal_min: r.display[0], cal_max: r.display[1] });
@@ -417,8 +421,8 @@ async function onExplained(job) {
   nv.opts.isColorbar = true;
   nv.updateGLVolume();
   document.body.dataset.explained = r.explanation;
-  status(r.empty ? `Explanation: ${r.method} is zero everywhere (the model predicts nothing to explain for this label).`
-    : `Explanation: ${r.method}${r.label != null ? " for label " + r.label : ""} (colour bar: attribution).`);
+  status(`Explanation: ${r.method}${r.label != null ? " for label " + r.label : ""} (heat map of |attribution|, ` +
+    `colour bar from its 90th to 99.9th percentile).`);
 }
 
 start().catch((e) => status(e.message, true));
