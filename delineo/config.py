@@ -184,6 +184,15 @@ class BlurAug(Prob):
     sigma: tuple[float, float] = (0.5, 1.0)
 
 
+class CutoutAug(Prob):
+    """Cutout (DeVries & Taylor 2017): boxes of the image set to ``fill``; the mask is untouched."""
+
+    holes: int = Field(1, ge=1, description="boxes per sample")
+    size: float = Field(0.1, gt=0.0, le=1.0, description="box side as a fraction of each spatial side")
+    fill: float = Field(0.0, description="value of the boxes (in normalised intensity units)")
+    from_epoch: int = Field(0, ge=0, description="off before this epoch (0-based), on from it")
+
+
 class AugmentConfig(Strict):
     """Joint image/mask augmentation; each transform has its probability ``p`` (0 = off)."""
 
@@ -196,6 +205,7 @@ class AugmentConfig(Strict):
     gamma: RangeAug = RangeAug(range=(0.7, 1.5))
     noise: NoiseAug = NoiseAug()
     blur: BlurAug = BlurAug()
+    cutout: CutoutAug = CutoutAug()
 
 
 class SliceFilterConfig(Strict):
@@ -217,6 +227,15 @@ class SamplingConfig(Strict):
     positive_only: bool = Field(False, description="only samples centred on foreground (cases without any are skipped)")
     batch_size: int = Field(4, ge=1)
     slice_filter: Optional[SliceFilterConfig] = Field(None, description="2D/2.5D: which training slices may be drawn")
+    flip_copies: list[int] = Field(default_factory=list, description="spatial axes along which a mirrored copy of "
+                                   "every training case is added (e.g. [0, 1]: N cases become 3N); not random flips")
+
+    @field_validator("flip_copies")
+    @classmethod
+    def _flip_axes(cls, value: list[int]) -> list[int]:
+        if any(a not in (0, 1, 2) for a in value) or len(set(value)) != len(value):
+            raise ValueError(f"flip_copies takes distinct spatial axes 0, 1, 2; got {value}")
+        return value
 
     @model_validator(mode="after")
     def _patch_dims(self) -> "SamplingConfig":
@@ -251,6 +270,10 @@ class TrainConfig(Strict):
     channels_last: bool = Field(True, description="channels-last memory format (about 30% faster 3D convolutions on CPU)")
     num_threads: Optional[int] = Field(None, ge=1)
     grad_clip: Optional[float] = Field(12.0, gt=0)
+    freeze_encoder_epochs: int = Field(0, ge=0, description="train only the decoder for the first N epochs (models "
+                                       "with a backbone encoder: deeplabv3, backbone_unet, classifier)")
+    init_from: Optional[str] = Field(None, description="run folder or checkpoint whose weights start this run "
+                                     "(same architecture; an output layer of another size keeps its initialisation)")
 
     @field_validator("optimizer", mode="before")
     @classmethod

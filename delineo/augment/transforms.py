@@ -29,19 +29,46 @@ def _hit(gen: torch.Generator, n: int, p: float) -> torch.Tensor:
 class Augmenter:
     def __init__(self, cfg: AugmentConfig, dims: int) -> None:
         self.cfg, self.dims = cfg, dims
+        #: the training epoch (0-based), set by the trainer; transforms with ``from_epoch`` read it
+        self.epoch = 0
 
     @property
     def active(self) -> bool:
         c = self.cfg
         return any(t.p > 0 for t in (c.flip, c.rot90, c.affine, c.elastic, c.brightness, c.contrast,
-                                     c.gamma, c.noise, c.blur))
+                                     c.gamma, c.noise, c.blur)) or self.cutout_on
+
+    @property
+    def cutout_on(self) -> bool:
+        return self.cfg.cutout.p > 0 and self.epoch >= self.cfg.cutout.from_epoch
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.active:
             return x, y
         x, y = self.flips(x, y, gen)
         x, y = self.spatial(x, y, gen)
-        return self.intensity(x, gen), y
+        x = self.intensity(x, gen)
+        # last, and drawing nothing while off, so switching it on changes no earlier transform's draws
+        return (self.cutout(x, gen) if self.cutout_on else x), y
+
+    def cutout(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Cutout: per hit sample, ``holes`` boxes (side ``size`` x each spatial side, centre
+        uniform, clipped at the border) of the image set to ``fill``. The mask is not changed: the
+        network must still delineate what the box hides, which is the point of the regulariser."""
+        c = self.cfg.cutout
+        b, spatial = x.shape[0], x.shape[2:]
+        hit = _hit(gen, b, c.p)
+        sides = [max(1, int(round(c.size * s))) for s in spatial]
+        x = x.clone()
+        for i in torch.nonzero(hit).flatten().tolist():
+            for _ in range(c.holes):
+                box = [slice(None), slice(None)]
+                for s, side in zip(spatial, sides):
+                    centre = int(torch.randint(0, s, (1,), generator=gen))
+                    box.append(slice(max(0, centre - side // 2), min(s, centre - side // 2 + side)))
+                box[0] = i
+                x[tuple(box)] = c.fill
+        return x
 
     def flips(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
         c = self.cfg

@@ -42,8 +42,11 @@ from delineo import precision as mixed
 from delineo.preprocess.region import region_axes
 from delineo.registry import LOSSES, OPTIMIZERS, SCHEDULES
 from delineo.train.classify import MONITOR, class_targets, validate_classifier
+from delineo.train.freeze import EncoderFreezer
+from delineo.train.init_from import init_from
 from delineo.train.optim import set_momentum
 from delineo.track.tracker import NullTracker, start_tracker
+from delineo.sampling.mirror import with_flip_copies
 from delineo.sampling.patches import PatchSampler, default_patch_size
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,8 @@ class Trainer:
         d.barrier()
         shard = self.train_cases[d.rank :: d.world] if d.world > 1 else self.train_cases
         self.train_data = [self.cache.load(c) for c in shard]
+        if cfg.sampling.flip_copies:  # mirrored copies as extra training cases (delineo.sampling.mirror)
+            self.train_data = with_flip_copies(self.train_data, cfg.sampling.flip_copies)
         s = cfg.sampling
         dims = 3 if s.mode == "3d" else 2
         n_ch = len(self.dataset.channels)
@@ -158,6 +163,8 @@ class Trainer:
         meta = ModelMeta(in_ch, out_ch, dims, s.mode, [], s.axis, s.context if s.mode == "2.5d" else 0,
                          labels, list(self.dataset.channels))
         self.model = build_model(cfg, meta).to(self.device)
+        if cfg.train.init_from and not (self.resume and last.exists()):  # a resumed run has its own weights
+            init_from(self.model, cfg.train.init_from, out_ch)
         self.memory_format = memory_format(cfg, dims)
         self.model = self.model.to(memory_format=self.memory_format)
         meta.divisor = int(getattr(self.model, "divisor", 16))
@@ -185,6 +192,8 @@ class Trainer:
         if d.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.freezer = (EncoderFreezer(self.model, cfg.train.freeze_encoder_epochs, d.world > 1)
+                        if cfg.train.freeze_encoder_epochs else None)
         if d.main:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -262,6 +271,9 @@ class Trainer:
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # dropout masks
         self.net.train()
+        self.augmenter.epoch = st.epoch  # transforms switched on from an epoch (augment.cutout.from_epoch)
+        if self.freezer is not None:
+            self.freezer.start_epoch(st.epoch)
         losses, t_data, t_net = [], 0.0, 0.0
         # A single process may end an epoch early when the time budget runs out, so that a budget
         # shorter than one long epoch (big networks on a CPU) is still kept; under DDP the ranks
@@ -290,6 +302,8 @@ class Trainer:
                                    "lower train.optimizer.lr.")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.freezer is not None:
+                self.freezer.drop_grads()
             if tc.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
