@@ -364,3 +364,20 @@ def test_searches_use_out_of_fold_cases_only():
     assert k_fold.usable_folds("t") == [0, 1, 2] and k_fold.usable_folds("c") == [1]
     ctx.max_cases = 3
     assert [c for c, _ in ctx.eligible([k_fold])] == ["a", "c", "f"]
+
+
+def test_oversized_entries_are_refused_before_inflating(tmp_path: Path, monkeypatch):
+    """A small file whose manifest inflates far beyond the limit (a zip bomb) is refused."""
+    import delineo.modelfile.pipeline_file as pf
+
+    bomb = tmp_path / "bomb.delineo"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", b" " * 5_000_000)
+        z.writestr("manifest.sha256", b"0")
+    assert bomb.stat().st_size < 20_000
+    monkeypatch.setattr(pf, "MAX_MANIFEST_BYTES", 1_000_000)
+    with pytest.raises(InputError, match="refused, entry 'manifest.json' claims 5000000 bytes"):
+        pf.read_pipeline_file(bomb)
+    with pytest.raises(InputError, match="not a Delineo pipeline file"):
+        (tmp_path / "x.delineo").write_bytes(b"not a zip")
+        pf.read_pipeline_file(tmp_path / "x.delineo")
