@@ -38,6 +38,8 @@ class JobQueue:
         self._waiting: deque[str] = deque()
         self._cond = threading.Condition()
         self._version = 0
+        self._io = threading.Lock()  # job records are written outside _cond: an fsync never stalls a reader
+        self._written: dict[str, int] = {}
         for job in ws.load_jobs():  # jobs cut short by a stop or crash stay visible, marked
             if job.get("state") in ("queued", "running"):
                 job.update(state="interrupted", message="the server stopped before this job finished; run it again",
@@ -54,7 +56,8 @@ class JobQueue:
                    "progress": 0.0, "message": "queued", "submitted": now(), "result": None}
             self._jobs[job["id"]] = job
             self._waiting.append(job["id"])
-            self._changed(job)
+            snap = self._changed(job)
+        self._persist(snap)
         self._pool.submit(self._run, job["id"], work)
         return self.public(job)
 
@@ -67,7 +70,8 @@ class JobQueue:
             job = self._jobs[jid]
             self._waiting.remove(jid)
             job.update(state="running", message="starting", started=now())
-            self._changed(job)
+            snap = self._changed(job)
+        self._persist(snap)
         t0 = time.perf_counter()
 
         def progress(fraction: float, message: str) -> None:
@@ -80,21 +84,33 @@ class JobQueue:
             with self._cond:
                 job.update(state="done", progress=1.0, message="done", result=result, finished=now(),
                            seconds=round(time.perf_counter() - t0, 3))
-                self._changed(job)
+                snap = self._changed(job)
+            self._persist(snap)
         except Exception as exc:  # the job fails, the server does not
             if not isinstance(exc, (DelineoError, LookupError, ValueError)):
                 log.error("job %s failed:\n%s", jid, traceback.format_exc())
             with self._cond:
                 job.update(state="failed", message=str(exc) or type(exc).__name__, finished=now(),
                            seconds=round(time.perf_counter() - t0, 3))
-                self._changed(job)
+                snap = self._changed(job)
+            self._persist(snap)
 
-    def _changed(self, job: dict[str, Any], persist: bool = True) -> None:
-        """Record a change (caller holds the condition) and wake the event streams."""
+    def _changed(self, job: dict[str, Any], persist: bool = True) -> tuple[int, dict[str, Any]] | None:
+        """Record a change (caller holds the condition) and wake the event streams; returns the
+        snapshot to write with :meth:`_persist` once the condition is released."""
         self._version += 1
-        if persist:
-            self.ws.save_job(job)
         self._cond.notify_all()
+        return (self._version, dict(job)) if persist else None
+
+    def _persist(self, snap: tuple[int, dict[str, Any]] | None) -> None:
+        """Write a job record (newest state wins even when two writers race)."""
+        if snap is None:
+            return
+        version, job = snap
+        with self._io:
+            if self._written.get(job["id"], -1) < version:
+                self.ws.save_job(job)
+                self._written[job["id"]] = version
 
     # ------------------------------------------------------------------ read
     def public(self, job: dict[str, Any]) -> dict[str, Any]:
