@@ -168,6 +168,7 @@ def test_flip_copies_add_exact_mirrors_with_mirrored_foreground(tmp_path: Path):
         assert copy.case_id == case.case_id + "#flip0"
         assert np.array_equal(copy.image, np.asarray(case.image)[:, ::-1])
         assert np.array_equal(copy.label, np.asarray(case.label)[::-1])
+        assert np.shares_memory(copy.image, case.image)  # a view of the memory-mapped case, not a copy
         for value, coords in copy.fg_coords.items():  # every mirrored coordinate is that label in the copy
             assert len(coords) and np.all(copy.label[tuple(coords.T)] == value)
     assert len(with_flip_copies(cases, [0, 1])) == 3 * len(cases)

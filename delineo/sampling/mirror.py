@@ -3,8 +3,9 @@ the WMH system did (horizontal and vertical flips as extra copies), instead of f
 random per batch (``augment.flip``).
 
 A copy is the case flipped along one spatial axis, image and label alike, with its foreground
-coordinates mirrored, so foreground oversampling finds the same voxels in the copy. Copies are
-held in memory (a flip of a memory-mapped array is read once); each adds one case's size.
+coordinates mirrored, so foreground oversampling finds the same voxels in the copy. A copy is a
+reversed view of the case's memory-mapped arrays, not a second array: it costs no memory and no
+disk, and the sampler still reads only the slices or patches it draws.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from delineo.data.cache import CachedCase
 
 def mirrored(case: CachedCase, axis: int) -> CachedCase:
     """``case`` flipped along spatial ``axis`` (0, 1 or 2); its id gets ``#flip<axis>``."""
-    image = np.ascontiguousarray(np.flip(np.asarray(case.image), axis=1 + axis))
-    label = None if case.label is None else np.ascontiguousarray(np.flip(np.asarray(case.label), axis=axis))
+    image = np.flip(case.image, axis=1 + axis)  # a view: nothing is read or copied here
+    label = None if case.label is None else np.flip(case.label, axis=axis)
     n = case.image.shape[1 + axis]
     fg = {}
     for value, coords in case.fg_coords.items():
