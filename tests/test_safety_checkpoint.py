@@ -20,9 +20,16 @@ from .conftest import phantom_experiment, write_msd
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "delineo.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    """``delineo ARGS`` run in this process (no interpreter start-up per call), output captured."""
+    import contextlib
+    import io
+
+    from delineo.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def one_sentence(res: subprocess.CompletedProcess, *needles: str) -> str:
