@@ -17,7 +17,7 @@ from delineo.data.cache import CachedCase, CaseCache
 from delineo.data.sources import load_dataset
 from delineo.errors import ConfigError
 from delineo.modelfile.checkpoint import save_checkpoint
-from delineo.postprocess.search import apply_steps
+from delineo.postprocess.search import SearchCase, apply_steps, search_steps
 from delineo.registry import MODELS
 from delineo.sampling.mirror import with_flip_copies
 from delineo.train.freeze import EncoderFreezer
@@ -150,6 +150,11 @@ def test_per_slice_liver_cleanup_on_a_phantom():
     assert not far[5:15, 17:20, 0].any() and far[5:15, 5:15, 0].all()
     with pytest.raises(ConfigError, match="choose 4 or 8"):
         apply_steps(mask, [{"name": "per_slice", "connectivity": 5}], (1.0, 1.0, 1.0))
+    # the pipeline's search keeps it when it raises the Dice against the reference (liver pipeline.yaml)
+    seg = mask.astype(np.uint8)
+    cand = [{"name": "per_slice", "mm": 10.0, "fraction": 0.1, "connectivity": 8, "slice_axis": 2}]
+    chosen, table = search_steps([SearchCase(seg, expected.astype(np.uint8), (1.0, 1.0, 2.5))], [1], cand)
+    assert chosen == {1: cand} and table[-1]["dice"] == 1.0
 
 
 def _cached(tmp_path: Path) -> tuple[list[CachedCase], CaseCache]:
