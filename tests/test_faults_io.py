@@ -30,6 +30,19 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
                           timeout=300, **kw)
 
 
+def cli_here(*args: str) -> subprocess.CompletedProcess:
+    """The same command in this process (no interpreter start-up)."""
+    import contextlib
+    import io
+
+    from delineo.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def one_sentence(res: subprocess.CompletedProcess, *needles: str) -> str:
     assert res.returncode == 2, res.stdout + res.stderr
     lines = [l for l in res.stderr.strip().splitlines() if "error:" in l]
@@ -45,7 +58,7 @@ def trained(tmp_path_factory) -> Path:
     data = write_msd(root / "data", n=6)
     exp = phantom_experiment(data, epochs=1, iterations_per_epoch=2)
     (root / "exp.yaml").write_text(yaml.safe_dump(exp))
-    res = cli("train", str(root / "exp.yaml"), "--runs", str(root / "runs"), "-q", "--no-evaluate")
+    res = cli_here("train", str(root / "exp.yaml"), "--runs", str(root / "runs"), "-q", "--no-evaluate")
     assert res.returncode == 0, res.stderr
     return root
 
@@ -157,7 +170,7 @@ def test_disk_full_while_writing_a_prediction(trained: Path, disk: Path, tmp_pat
     rng = np.random.default_rng(5)
     image, _ = phantom_case(rng, shape=(96, 96, 64))  # float32 probabilities: about 7 MB, more than the disk
     nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "big.nii.gz")
-    res = cli("predict", str(model), str(tmp_path / "big.nii.gz"), str(disk / "mask.nii.gz"), "--probabilities")
+    res = cli_here("predict", str(model), str(tmp_path / "big.nii.gz"), str(disk / "mask.nii.gz"), "--probabilities")
     one_sentence(res, "no space left", str(disk))
     assert sorted(p.name for p in disk.iterdir()) == []  # no partial output, no temporary file
 
