@@ -60,6 +60,24 @@ def test_encoder_frozen_for_n_epochs_then_trained_decoder_trained_throughout(tmp
     assert all(p.requires_grad for p in enc.parameters())
 
 
+def test_ddp_style_freezing_of_a_classifier_drops_encoder_grads_and_trains_the_head():
+    torch.manual_seed(0)
+    model = MODELS.build({"name": "classifier", "backbone": "resnet18"}, "model", in_channels=1, out_channels=2, dims=2)
+    freezer = EncoderFreezer(model, 1, distributed=True)  # under DDP the parameter set may not change
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch, encoder_moves in ((0, False), (1, True)):
+        model.train()
+        freezer.start_epoch(epoch)
+        assert all(p.requires_grad for p in model.parameters())
+        enc, head = _snapshot(model.layer1), _snapshot(model.fc)
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 32, 32)), torch.tensor([0, 1, 0, 1]))
+        opt.zero_grad()
+        loss.backward()
+        freezer.drop_grads()
+        opt.step()
+        assert _same(enc, _snapshot(model.layer1)) is not encoder_moves and not _same(head, _snapshot(model.fc))
+
+
 def test_freezing_a_model_without_encoder_is_one_sentence():
     unet = MODELS.build({"name": "unet", "filters": [4, 8]}, "model", in_channels=1, out_channels=2, dims=2)
     with pytest.raises(ConfigError, match="needs a model with a backbone encoder"):
