@@ -41,6 +41,8 @@ else:
     from delineo.models.unet import UNet
     from delineo.infer.sliding import sliding_window, sliding_window_labels
     net = UNet(1, K, dims=3, filters=(16, 32, 64, 128, 256), norm=args.get("norm", "instance")).eval()
+if args["net"] == "head":  # the same 14-label output from one 3x3x3 convolution: accumulation alone
+    net = torch.nn.Conv3d(1, K, 3, padding=1).eval()
 fn = torch.no_grad()(lambda b: torch.softmax(net(b), 1))
 x = torch.randn(1, *args["shape"])
 fn(torch.randn(1, 1, P, P, P))  # kernels set up before measuring
@@ -137,13 +139,17 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-window", action="store_true", help="leave out the time-per-window comparison")
+    ap.add_argument("--net", choices=["unet", "head"], default="unet",
+                    help="head: a single 14-label convolution in place of both U-Nets, to measure the "
+                         "accumulation's memory on a large volume in little time")
     args = ap.parse_args()
     try:
         import monai  # noqa: F401
         have_monai = True
     except ImportError:
         have_monai = False
-    common = {"shape": args.shape, "patch": args.patch, "batch": args.batch, "threads": args.threads, "cap": args.cap}
+    common = {"shape": args.shape, "patch": args.patch, "batch": args.batch, "threads": args.threads, "cap": args.cap,
+              "net": args.net}
     variants = ["delineo", "delineo-capped"] + (["monai"] if have_monai else [])
     rows = {}
     for v in variants:
@@ -151,7 +157,7 @@ def main() -> int:
         rows[v] = run(WORKER, {**common, "variant": v})
         print(f"{v}: {rows[v]} ({time.perf_counter() - t0:.0f} s with start-up)", flush=True)
     print(f"\nvolume {'x'.join(map(str, args.shape))}, patch {args.patch}^3, overlap 0.5, window batch {args.batch}, "
-          f"14 labels, {args.threads} threads, cap {args.cap}")
+          f"14 labels, {args.threads} threads, cap {args.cap}, network {args.net}")
     ref = rows["monai"] if have_monai and "error" not in rows["monai"] else rows["delineo"]
     ref_name = "monai" if ref is rows.get("monai") else "delineo"
     print(f"{'variant':16} {'peak GB':>8} {'+work GB':>8} {'seconds':>8} {'mem x':>6} {'time x':>6}   (x: against {ref_name})")
