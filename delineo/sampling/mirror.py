@@ -5,7 +5,7 @@ random per batch (``augment.flip``).
 A copy is the case flipped along one spatial axis, image and label alike, with its foreground
 coordinates mirrored, so foreground oversampling finds the same voxels in the copy. A copy is a
 reversed view of the case's memory-mapped arrays, not a second array: it costs no memory and no
-disk, and the sampler still reads only the slices or patches it draws.
+disk, and is read from the same mapped file as the case itself.
 """
 
 from __future__ import annotations
