@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from delineo.errors import DelineoError, InputError
+from delineo.track.mirrors import mirror_names
 
 log = logging.getLogger("delineo")
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation after training")
     p.add_argument("--db", default=None, help="experiment database: SQLite file or postgresql:// URL, 'off' for none "
                                               "(default: DELINEO_DB or RUNS/delineo.db)")
+    p.add_argument("--mirror", action="append", default=[], choices=mirror_names(), metavar="NAME",
+                   help=f"also log to {' or '.join(mirror_names())} (repeatable; added to track.mirrors; "
+                        "pip install 'delineo[mirrors]')")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="score a run folder, or a folder of predictions against references")
@@ -206,6 +210,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from delineo.train.loop import train
 
     cfg = load_config(args.experiment, args.overrides)
+    if args.mirror:  # kept in the run's config.yaml, so --resume mirrors too
+        cfg.track.mirrors = [*cfg.track.mirrors, *[m for m in args.mirror if m not in cfg.track.mirrors]]
     if args.db:  # the training loop's tracker reads it (every torchrun rank parses the same arguments)
         import os
 

@@ -356,6 +356,26 @@ class ExplainConfig(Strict):
                                      "correlation after full randomisation stays above this")
 
 
+class TrackConfig(Strict):
+    """Where a training's metrics go besides ``log.csv`` and the experiment database (delineo.track)."""
+
+    mirrors: list[str] = Field(
+        default_factory=list, description="also log every epoch's metrics, the resolved config (as params) and the "
+        "final checkpoint paths (as tags) to these trackers, from rank 0: tensorboard (event files in the run "
+        "folder's tensorboard/), mlflow; needs pip install 'delineo[mirrors]'; a mirror that fails warns once and "
+        "never stops training (delineo train --mirror NAME adds one)")
+    mlflow_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI, e.g. http://host:5000 or sqlite:///path/mlflow.db; null: "
+                          "MLFLOW_TRACKING_URI, else sqlite:///RUNS/mlflow.db beside the runs")
+
+    @field_validator("mirrors")
+    @classmethod
+    def _known_mirrors(cls, value: list[str]) -> list[str]:
+        from delineo.track.mirrors import check_names  # a light module: the mirrors' packages load when used
+
+        return check_names(value)
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     data: DataConfig
@@ -369,6 +389,7 @@ class ExperimentConfig(Strict):
     postprocess: PostprocessConfig = PostprocessConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     explain: ExplainConfig = ExplainConfig()
+    track: TrackConfig = Field(TrackConfig(), description="copies of the training's metrics in TensorBoard or MLflow")
 
     @field_validator("model", mode="before")
     @classmethod

@@ -124,15 +124,53 @@ class Tracker:
             log.warning("experiment database: session end not recorded (%s)", exc)
 
 
+class Trackers:
+    """Several trackers as one (the database's and the mirrors): each call goes to every part."""
+
+    def __init__(self, *parts: TrainingTracker) -> None:
+        self.parts = parts
+
+    def epoch(self, row: dict[str, Any], epoch: int) -> None:
+        for part in self.parts:
+            part.epoch(row, epoch)
+
+    def close(self, status: str = "finished") -> None:
+        for part in self.parts:
+            part.close(status)
+
+
 def start_tracker(run_dir: Path, config: dict[str, Any], fold: Optional[int], resume: bool,
                   runs_root: Path, db: Optional[str] = None) -> TrainingTracker:
-    """A tracker for a training starting (or resuming) in ``run_dir``; never raises.
+    """A tracker for a training starting (or resuming) in ``run_dir``: the experiment database's,
+    plus the mirrors that the experiment's ``track.mirrors`` names; never raises.
 
     A new run gets a new session id, kept in ``run_dir/track.json``; ``--resume`` continues
     that session and first re-sends what the folder already holds (epochs, checkpoints,
     predictions) and any journal of writes that never reached the database, so that writes
     lost to a ``kill -9`` are recovered.
     """
+    database = _start_database(run_dir, config, fold, resume, runs_root, db)
+    names = list(((config.get("track") or {}).get("mirrors")) or [])
+    if not names:
+        return database
+    try:
+        from delineo.track.mirrors import MirrorContext, start_mirrors
+
+        run_dir = Path(run_dir).resolve()
+        uid = database.uid if isinstance(database, Tracker) else F.folder_uid(run_dir)
+        ctx = MirrorContext(run_dir=run_dir, runs_root=Path(runs_root).resolve(),
+                            experiment=str(config.get("name") or run_dir.parent.name), fold=fold, uid=uid,
+                            resume=resume, start_epoch=len(F.read_log(run_dir)) if resume else 0,
+                            options=dict(config.get("track") or {}))
+        mirrors = start_mirrors(names, ctx, config)
+    except Exception as exc:
+        log.warning("mirrors off for this run (%s)", exc)
+        return database
+    return Trackers(database, mirrors) if mirrors is not None else database
+
+
+def _start_database(run_dir: Path, config: dict[str, Any], fold: Optional[int], resume: bool,
+                    runs_root: Path, db: Optional[str]) -> TrainingTracker:
     try:
         from delineo.track.store import resolve_url
         from delineo.track.writer import BufferedWriter, read_journal
