@@ -378,3 +378,70 @@ def test_ct_dicom_gets_ct_window_presets(tmp_path):
     assert set(study["windows"]) == {"auto", "soft tissue", "liver", "lung", "bone"}
     img = nib.Nifti1Image.from_bytes(gzip.decompress(c.get(f"/api/studies/{study['id']}/image.nii.gz").content))
     assert img.get_data_dtype() == np.int16 and int(np.asarray(img.dataobj).min()) <= -1000  # HU, air
+
+
+def test_explain_one_lesion_uses_that_component_as_the_target(tmp_path, serve_models):
+    """Explain for a clicked lesion: the heat map is the region target with that connected
+    component as its mask (J = sum p * lesion), computed here again through the public
+    explain API on the network's grid; it differs from the whole-label map, and (2D model,
+    slice by slice) it is zero on every slice the lesion does not touch."""
+    from delineo.explain import explain_full
+    from delineo.infer.predictor import Predictor
+    from delineo.io.files import read_image
+    from delineo.io.image import Image
+    from delineo.preprocess.pipeline import preprocess, restore
+
+    c = client(tmp_path / "ws", serve_models)
+    model = c.get("/api/models").json()[0]
+    sid = upload(c, CASE).json()["id"]
+    ref = nib.load(str(CASE))
+    mask = np.zeros(ref.shape, np.uint8)
+    mask[8:14, 18:26, 5:11] = 2    # posterior, 288 voxels: component 1 (slices 5-10)
+    mask[20:24, 30:34, 20:23] = 2  # posterior, 48 voxels: component 2 (slices 20-22)
+    mask[25:28, 10:13, 28:30] = 1  # anterior, elsewhere
+    ws = c.app.state.workspace
+    mid = ws.create_mask(sid, mask, {"id": model["id"], "name": model["name"],
+                                     "labels": {"1": "Anterior", "2": "Posterior"}}, who="test")["id"]
+    rows = c.get(f"/api/studies/{sid}/masks/{mid}/components").json()
+    row = next(r for r in rows if r["label"] == 2 and r["component"] == 2)
+    assert row["voxels"] == 48
+
+    url = f"/api/studies/{sid}/explain"
+    body = {"model": model["id"], "method": "saliency", "label": 2, "mask": mid, "version": 1}
+    assert c.post(url, json={**body, "component": 3}).status_code == 400  # label 2 has two components
+    assert c.post(url, json={**body, "component": 2, "label": None}).status_code == 400
+    assert c.post(url, json={**body, "component": 2, "mask": "0" * 16}).status_code == 404
+    assert c.post(url, json={**body, "component": 2, "version": 9}).status_code == 404
+    r = c.post(url, json={**body, "component": row["component"]})
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["lesion"] == {"mask": mid, "version": 1, "component": 2}
+    job = wait_job(c, r.json()["id"], 180)
+    assert job["state"] == "done", job["message"]
+    assert job["result"]["lesion"]["voxels"] == 48 and job["result"]["lesion"]["centre_voxel"] == row["centre_voxel"]
+    served = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(
+        c.get(f"{url}/{job['result']['explanation']}.nii.gz").content)).dataobj)
+
+    # the same map through the public API: region target, mask = the component on the network's grid
+    predictor = Predictor.from_checkpoint(serve_models / "hippo-tiny" / "fold_0", device="cpu")
+    meta, cfg = predictor.meta, predictor.cfg
+    image = read_image(CASE)
+    lesion = np.zeros(ref.shape, np.uint8)
+    lesion[20:24, 30:34, 20:23] = 1
+    x, lesion_pre, record = preprocess([image], Image(lesion, image.affine), cfg.preprocess)
+    kw = dict(mode=meta.mode, axis=meta.axis, context=meta.context, label=2)
+    model_net = predictor.model.float()
+
+    def heat(m: np.ndarray) -> np.ndarray:
+        full = restore(m if m.ndim == 4 else m[None], record)
+        return np.abs(full).mean(axis=0)
+
+    expected = heat(explain_full(model_net, x, "saliency", target="region", mask=lesion_pre > 0, **kw).map)
+    whole_pre = preprocess([image], Image((mask == 2).astype(np.uint8), image.affine), cfg.preprocess)[1]
+    whole = heat(explain_full(model_net, x, "saliency", target="region", mask=whole_pre > 0, **kw).map)
+    assert expected.any(), "the known answer is a zero map: the check would prove nothing"
+    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-7 * float(expected.max()))
+    assert not np.allclose(served, whole, rtol=1e-3, atol=1e-3 * float(whole.max()))
+    per_slice = np.abs(served).reshape(-1, served.shape[2]).max(axis=0)  # 2D model along k
+    assert meta.mode == "2d" and meta.axis == 2
+    assert set(np.flatnonzero(per_slice)) <= {20, 21, 22} and per_slice[20:23].all()
+    assert np.abs(whole[..., 5:11]).max() > 0  # the label-wide map also explains the other lesion

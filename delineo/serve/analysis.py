@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
+from delineo.errors import InputError
+
 
 def largest_diameter(points_mm: np.ndarray) -> float:
     """Longest distance between any two of ``points_mm`` (N, 3)."""
@@ -33,19 +35,34 @@ def largest_diameter(points_mm: np.ndarray) -> float:
     return float(pdist(pts).max())
 
 
+def _ranked(mask: np.ndarray, value: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(component labels, sizes, indices largest first) of ``value``'s voxels (26-connectivity).
+    Ties keep the scan order (stable sort), so a rank means the same component every time:
+    the table's row and the lesion an explanation is asked for are found by this one function."""
+    lab, n = ndimage.label(np.asarray(mask) == value, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    return lab, sizes, np.argsort(-sizes, kind="stable")
+
+
+def component_mask(mask: np.ndarray, value: int, rank: int) -> np.ndarray:
+    """The voxels of component ``rank`` (1 = largest) of label ``value``: the lesion of one
+    row of :func:`components`, as a boolean array (InputError when there is no such row)."""
+    lab, sizes, order = _ranked(mask, int(value))
+    if not 1 <= int(rank) <= sizes.size:
+        raise InputError(f"label {value} has {sizes.size} connected component(s); there is no component {rank}.")
+    return lab == order[int(rank) - 1] + 1
+
+
 def components(mask: np.ndarray, affine: np.ndarray, labels: Mapping[int, str], min_voxels: int = 1,
                limit: int = 200) -> list[dict[str, Any]]:
     """One row per connected component (26-connectivity) of each label, largest first per label."""
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
-    structure = np.ones((3, 3, 3), dtype=bool)
     rows: list[dict[str, Any]] = []
     for value in sorted(int(v) for v in np.unique(mask) if v != 0):
-        lab, n = ndimage.label(mask == value, structure=structure)
-        if n == 0:
+        lab, sizes, order = _ranked(mask, value)
+        if not sizes.size:
             continue
-        sizes = np.bincount(lab.ravel())[1:]
         slices = ndimage.find_objects(lab)
-        order = np.argsort(-sizes)
         for rank, idx in enumerate(order[:limit]):
             if sizes[idx] < min_voxels:
                 continue

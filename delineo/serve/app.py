@@ -276,11 +276,19 @@ def create_app(settings: Settings) -> FastAPI:
         label = int(label) if label not in (None, "", "all") else None
         if label is not None and label not in entry.labels:
             raise InputError(f"label {label} is not one of the model's labels {sorted(entry.labels)}.")
+        lesion, voxels = await run_in_threadpool(_lesion_request, ws, sid, body, label)
 
         def work(progress):
             out = ws.tmp_dir()
             try:
-                path = library.explain(entry, image_path, out, method, label, progress)
+                region = None
+                if voxels is not None:  # one connected component of a stored mask version
+                    import nibabel as nib
+
+                    region = out / "lesion.nii.gz"
+                    affine = nib.load(str(image_path)).affine
+                    nib.save(nib.Nifti1Image(voxels.astype(np.uint8) * np.uint8(label), affine), str(region))
+                path = library.explain(entry, image_path, out, method, label, progress, region=region)
                 eid = new_id()
                 dest = ws.study_dir(sid) / "explain" / f"{eid}.nii.gz"
                 dest.parent.mkdir(exist_ok=True)
@@ -299,9 +307,13 @@ def create_app(settings: Settings) -> FastAPI:
             # 10% (90th to 99.9th percentile of the non-zero magnitudes), not 0..max
             lo, hi = (np.percentile(nonzero, [90, 99.9]) if nonzero.size else (0.0, 1.0))
             return {"explanation": eid, "method": method, "label": label, "display": [float(lo), float(max(hi, lo + 1e-12))],
-                    "max": float(nonzero.max()) if nonzero.size else 0.0, "empty": not nonzero.size}
+                    "max": float(nonzero.max()) if nonzero.size else 0.0, "empty": not nonzero.size,
+                    "lesion": lesion}
 
-        return queue.submit("explain", sid, {"model": entry.id, "method": method, "label": label}, work)
+        params = {"model": entry.id, "method": method, "label": label}
+        if lesion is not None:
+            params["lesion"] = {k: lesion[k] for k in ("mask", "version", "component")}
+        return queue.submit("explain", sid, params, work)
 
     @app.get("/api/studies/{sid}/explain/{eid}.nii.gz")
     async def explanation(sid: str, eid: str):
@@ -436,6 +448,31 @@ async def _json(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InputError("request body must be a JSON object.")
     return body
+
+
+def _lesion_request(ws: Workspace, sid: str, body: dict[str, Any],
+                    label: int | None) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+    """The lesion an explanation is restricted to: ``mask``, ``version`` (default the latest) and
+    ``component`` (1 = largest) of ``label`` in the request, i.e. a row of the structures table,
+    found by :func:`analysis.component_mask` (the table's own ranking) before the job is queued.
+    Returns (its description, its voxels), or (None, None) for a request without one."""
+    if body.get("component") in (None, ""):
+        return None, None
+    try:
+        rank = int(body["component"])
+        version = None if body.get("version") in (None, "") else int(body["version"])
+    except (TypeError, ValueError):
+        raise InputError("explain: 'component' and 'version' must be whole numbers.") from None
+    if label is None:
+        raise InputError("explain: a lesion is a component of one label; give 'label' with 'component'.")
+    mid = check_id(str(body.get("mask", "")), "mask")
+    info = ws.mask(sid, mid)
+    version = int(info["versions"][-1]["version"]) if version is None else version
+    voxels = analysis.component_mask(ws.read_version(sid, mid, version), label, rank)
+    inside = np.argwhere(voxels)
+    centre = inside.mean(axis=0)
+    return ({"mask": mid, "version": version, "label": label, "component": rank, "voxels": int(len(inside)),
+             "centre_voxel": [int(v) for v in inside[np.argmin(((inside - centre) ** 2).sum(1))]]}, voxels)
 
 
 def _nifti_labels(ws: Workspace, data: bytes, allowed: set[int]) -> np.ndarray:

@@ -139,8 +139,14 @@ class ModelLibrary:
         return np.asarray(mask.array).astype(np.uint8)
 
     def explain(self, entry: ModelEntry, image_path: Path, out_dir: Path, method: str, label: int | None,
-                progress: Progress) -> Path:
-        """A heat map of ``method`` for ``label`` in the image's geometry (NIfTI path)."""
+                progress: Progress, region: Path | None = None) -> Path:
+        """A heat map of ``method`` for ``label`` in the image's geometry (NIfTI path).
+
+        ``region`` (a NIfTI on the image's grid holding one lesion as ``label``) restricts what
+        is explained to that lesion: ``delineo explain``'s ``true-positive`` target with the
+        lesion as the reference is ``J = sum p(label) * lesion``, the region target with the
+        lesion as its mask (:func:`delineo.explain.targets.make_target`), carried to the
+        network's grid by the same preprocessing as the scan."""
         if entry.kind == "pipeline":
             raise InputError(f"model {entry.name}: explanations need a single network (a run folder or checkpoint).")
         from delineo.explain.api import METHODS
@@ -155,7 +161,11 @@ class ModelLibrary:
 
             layer = default_layer(conv_layers(self.predictor(entry).predictor.model))
         progress(0.2, f"explaining ({method})")
-        report = explain_scan(entry.path, image_path, out_dir, method, label=label, layer=layer)
+        if region is not None:
+            report = explain_scan(entry.path, image_path, out_dir, method, target="true-positive", label=label,
+                                  layer=layer, reference=region)
+        else:
+            report = explain_scan(entry.path, image_path, out_dir, method, label=label, layer=layer)
         return Path(report["map"])
 
 

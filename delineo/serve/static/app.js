@@ -72,7 +72,7 @@ function wire() {
     await openStudy(s);
   }));
   $("#run").addEventListener("click", guard(runModel));
-  $("#explain").addEventListener("click", guard(explain));
+  $("#explain").addEventListener("click", guard(() => explain(null)));
   $("#save").addEventListener("click", guard(saveCorrection));
   $("#approve").addEventListener("click", guard(() => setStatus("approved")));
   $("#reject").addEventListener("click", guard(() => setStatus("rejected")));
@@ -263,16 +263,23 @@ function renderStructures(rows) {
   }
   for (const r of shown) {
     const tr = document.createElement("tr");
-    tr.innerHTML = `<td></td><td>${r.component}</td><td>${r.volume_ml.toFixed(2)}</td><td>${r.diameter_mm.toFixed(1)}</td>`;
+    tr.innerHTML = `<td></td><td>${r.component}</td><td>${r.volume_ml.toFixed(2)}</td><td>${r.diameter_mm.toFixed(1)}</td>` +
+      `<td><button class="small" data-explain-lesion="${r.label}:${r.component}" title="explain this lesion alone ` +
+      `(method chosen under Explain)">explain</button></td>`;
     tr.firstChild.textContent = r.name;
     tr.title = `centre ${r.centre_mm.join(", ")} mm; click to go there`;
     tr.addEventListener("click", () => jumpTo(r.centre_mm));
+    tr.querySelector("button").addEventListener("click", guard(async (e) => {
+      e.stopPropagation();
+      jumpTo(r.centre_mm);
+      await explain(r);
+    }));
     body.appendChild(tr);
   }
   for (const [name, more] of Object.entries(rest)) {
     const tr = document.createElement("tr");
     const ml = more.reduce((a, r) => a + r.volume_ml, 0);
-    tr.innerHTML = `<td colspan="4" class="muted"></td>`;
+    tr.innerHTML = `<td colspan="5" class="muted"></td>`;
     tr.firstChild.textContent = `${name}: ${more.length} smaller components, ${ml.toFixed(2)} ml in all`;
     body.appendChild(tr);
   }
@@ -352,11 +359,16 @@ async function runModel() {
   status(job.message);
 }
 
-async function explain() {
+// explain the current label, or (``lesion``: a row of the structures table) that one connected
+// component of the shown mask version alone
+async function explain(lesion) {
   const model = state.mask ? state.mask.model.id : $("#model").value;
-  const job = await api(`/api/studies/${state.study.id}/explain`, { method: "POST",
-    json: { model, method: $("#explain-method").value, label: $("#explain-label").value } });
-  status(`explain: ${job.message}`);
+  const json = { model, method: $("#explain-method").value, label: $("#explain-label").value };
+  if (lesion && lesion.component) {
+    Object.assign(json, { label: lesion.label, mask: state.mask.id, version: state.version, component: lesion.component });
+  }
+  const job = await api(`/api/studies/${state.study.id}/explain`, { method: "POST", json });
+  status(`explain${lesion && lesion.component ? ` ${lesion.name} #${lesion.component}` : ""}: ${job.message}`);
 }
 
 function listenJobs() {
@@ -421,8 +433,9 @@ async function onExplained(job) {
   nv.opts.isColorbar = true;
   nv.updateGLVolume();
   document.body.dataset.explained = r.explanation;
-  status(`Explanation: ${r.method}${r.label != null ? " for label " + r.label : ""} (heat map of |attribution|, ` +
-    `colour bar from its 90th to 99.9th percentile).`);
+  const what = r.lesion ? ` for lesion #${r.lesion.component} of label ${r.lesion.label} (${r.lesion.voxels} voxels)`
+    : r.label != null ? " for label " + r.label : "";
+  status(`Explanation: ${r.method}${what} (heat map of |attribution|, colour bar from its 90th to 99.9th percentile).`);
 }
 
 start().catch((e) => status(e.message, true));
