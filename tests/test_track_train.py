@@ -320,7 +320,8 @@ def test_runs_workflow(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.soak
 def test_torchrun_records_one_session_from_rank_0(tmp_path):
-    """Two processes under torchrun: only rank 0 writes, so one session with each epoch once."""
+    """Two processes under torchrun: only rank 0 writes, so one session with each epoch once, and
+    one TensorBoard event file."""
     import socket
 
     data = write_msd(tmp_path / "data", n=8)
@@ -331,10 +332,18 @@ def test_torchrun_records_one_session_from_rank_0(tmp_path):
     db = tmp_path / "ddp.db"
     res = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", f"--master_port={port}",
                           "-m", "delineo.cli", "train", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "runs"),
-                          "--db", str(db), "--no-evaluate", "-q"],
+                          "--db", str(db), "--no-evaluate", "-q", "--mirror", "tensorboard"],
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=500)
     assert res.returncode == 0, res.stderr[-2000:]
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT status, current_epoch FROM session").fetchall() == [("finished", 3)]
         assert c.execute("SELECT epoch, COUNT(*) FROM epoch_metric WHERE name = 'train_loss' GROUP BY epoch"
                          ).fetchall() == [(1, 1), (2, 1), (3, 1)]
+    # the TensorBoard mirror too: one writer (one event file), each epoch once
+    events = list((tmp_path / "runs" / "phantom" / "fold_0" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1, events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train_loss")] == [1, 2, 3]

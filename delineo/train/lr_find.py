@@ -119,6 +119,8 @@ def lr_find_experiment(cfg, runs_root: str = "runs", fold: int | None = 0, cache
     from delineo.train.loop import Trainer, _seed_for
 
     cache = Path(cache_root) if cache_root else Path(runs_root) / cfg.name / "cache"
+    cfg = cfg.model_copy(deep=True)
+    cfg.track.mirrors = []  # a range test is not a training: nothing to mirror
     with tempfile.TemporaryDirectory(prefix="delineo-lr-find-") as tmp:
         trainer = Trainer(cfg, Path(tmp), fold, cache_root=cache, progress=False)
         trainer.setup()
