@@ -7,6 +7,7 @@ masks) and brain tumour on the real glioblastoma data (80/20 split by patient)."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -39,6 +40,14 @@ def test_five_recipes_with_their_sections():
         positions = [text.find(s) for s in SECTIONS]
         assert -1 not in positions and positions == sorted(positions), name
         assert "not measured yet" in text or "measured" in text
+        # the figures: a side-by-side or a measured line, and the benchmark that produces them exists
+        gets = text[text.find("## What Delineo gets here"):text.find("## Run it")]
+        scripts = set(re.findall(r"benchmarks/(\w+\.py)", gets))
+        assert scripts, f"{name}: no benchmark named for the figures"
+        for script in scripts:
+            assert (Path(__file__).parents[1] / "benchmarks" / script).is_file(), f"{name}: {script}"
+        assert "| Delineo here |" in gets or "Measured" in gets, name
+        assert "not run" not in gets, name
     with pytest.raises(InputError, match="unknown recipe 'wmhh' \\(did you mean 'wmh'\\?\\)"):
         recipes.recipe_path("wmhh")
 
