@@ -117,10 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="explain a model's segmentation of a scan (maps and panels)")
     p.add_argument("model", type=Path, help="checkpoint (.pt) or run folder")
-    p.add_argument("input", type=Path, nargs="?", help="image file or DICOM folder")
+    p.add_argument("input", type=Path, nargs="*", metavar="INPUT",
+                   help="image file or DICOM folder; for a model with N input channels, N of them in channel order, "
+                        "or a folder with one case's channel files case_0000, case_0001, ... (as for predict)")
     p.add_argument("--method", default=None,
                    help="activation, activation-maximisation, saliency, deconvnet, guided-backprop, gradcam, "
-                        "gradcam++, occlusion, integrated-gradients, smoothgrad, channel-contribution "
+                        "gradcam++, occlusion, lesion-occlusion, integrated-gradients, smoothgrad, channel-contribution "
                         "(default: the experiment's explain.method, guided-backprop)")
     p.add_argument("--target", default=None,
                    help="positive-prediction, true-positive, class, region, mean, max, min "
@@ -134,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sanity", action="store_true", help="model-randomisation sanity check (Adebayo et al. 2018)")
     p.add_argument("--list-layers", action="store_true", help="list the model's layer names and stop")
     p.add_argument("--out", type=Path, default=Path("explain_output"), help="output folder (default: explain_output)")
+    g = p.add_argument_group("occlusion and lesion-occlusion",
+                             "the lesion label and probability threshold are --label and --threshold")
+    g.add_argument("--box", type=_positive_int, nargs="+", default=None, metavar="N",
+                   help="occlusion box side in voxels, one value or one per axis (default 8 for occlusion, "
+                        "16 for lesion-occlusion)")
+    g.add_argument("--stride", type=_positive_int, nargs="+", default=None, metavar="N",
+                   help="step between boxes in voxels, one value or one per axis (default: the box size)")
+    g.add_argument("--connectivity", type=int, choices=[4, 8, 6, 18, 26], default=None,
+                   help="lesion-occlusion: lesion connectivity, 4/8 in 2D, 6/18/26 in 3D (default: full, 8 or 26)")
+    g.add_argument("--min-lesion-size", dest="min_lesion_size", type=_non_negative_int, default=None, metavar="VOXELS",
+                   help="lesion-occlusion: ignore lesions smaller than this (default 0)")
+    g.add_argument("--min-overlap", dest="min_overlap", type=_fraction, default=None, metavar="FRACTION",
+                   help="lesion-occlusion with --reference: a reference lesion counts as detected when this share "
+                        "of its voxels is predicted (default 0: any voxel)")
     _add_common(p)
 
     p = sub.add_parser("series", help="list the DICOM series in a folder")
@@ -147,6 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
         v.add_arguments(p)
         _add_common(p)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a whole number >= 1 is expected")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: a whole number >= 0 is expected")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a fraction between 0 and 1 is expected")
+    return value
+
+
+#: explain options that set a method parameter: (argparse dest, parameter name, option)
+EXPLAIN_OPTIONS = (("box", "patch", "--box"), ("stride", "stride", "--stride"),
+                   ("connectivity", "connectivity", "--connectivity"),
+                   ("min_lesion_size", "min_size", "--min-lesion-size"), ("min_overlap", "min_overlap", "--min-overlap"))
 
 
 def _setup_logging(quiet: bool, debug: bool) -> None:
@@ -340,13 +383,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.list_layers:
         print("\n".join(model_layers(args.model)))
         return 0
-    if args.input is None:
+    if not args.input:
         raise DelineoError("explain: an INPUT image is required (or use --list-layers).")
+    params = parse_params(args.param)
+    names = {}
+    for dest, key, option in EXPLAIN_OPTIONS:  # typed options win over --param of the same name
+        value = getattr(args, dest)
+        if value is not None:
+            params[key] = value[0] if isinstance(value, list) and len(value) == 1 else value
+            names[key] = option
+    if "min_overlap" in names and args.reference is None:
+        raise DelineoError("--min-overlap: detection is judged against reference lesions; give --reference.")
     report = explain_scan(args.model, args.input, args.out, args.method, args.target, args.layer, args.slices,
-                          args.label, args.threshold, args.reference, args.sanity, parse_params(args.param))
+                          args.label, args.threshold, args.reference, args.sanity, params, option_names=names)
     print(f"map: {report['map']}\npanels: {report['panels']}\nseconds: {report['seconds']:.2f}")
     if "shares" in report["info"]:
         print(f"channel shares: {report['info']['shares']}")
+    if "channel_attribution" in report:
+        per = report["channel_attribution"]
+        for i, ch in enumerate(per["channels"]):
+            print(f"channel {i} ({ch}): mean |map| {per['mean_abs'][i]:.4g}, share inside the prediction "
+                  f"{per['share_inside'][i]:.3f}, outside {per['share_outside'][i]:.3f}")
+        print(f"channels: {report['channels_json']}")
     if "sanity" in report:
         rep = report["sanity"]
         print(rep.table())

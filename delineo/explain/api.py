@@ -266,11 +266,19 @@ def explain_full(model: nn.Module, image: np.ndarray, method: str, target: str =
         k = 2 * runner.context + 1
         centre = torch.arange(image.shape[0]) * k + runner.context  # channel-major 2.5D stacking
 
+        # a method that judges the prediction itself (lesion-occlusion) gets the explanation's
+        # threshold, label and reference unless its own parameters say otherwise
+        accepted = inspect.signature(spec.fn).parameters
+        shared = {k: v for k, v in (("threshold", threshold), ("label", label)) if k in accepted and k not in method_params}
+
         def one_input(x: torch.Tensor, *e: torch.Tensor) -> torch.Tensor:
             aux = dict(zip(names, e))
             tgt = make_target(target, threshold=threshold, label=label, reference=aux.get("reference"),
                               mask=aux.get("mask"), component=component)
-            out = spec.fn(model, x.unsqueeze(0), tgt, layer, **method_params)[0]
+            extra = dict(shared)
+            if "reference" in accepted and "reference" in aux:
+                extra["reference"] = aux["reference"]
+            out = spec.fn(model, x.unsqueeze(0), tgt, layer, **extra, **method_params)[0]
             if spec.kind == "input" and runner.context:
                 out = out[centre]  # 2.5D: attribution to the slice's own voxels
             return out
