@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 pytest.importorskip("fastapi")
@@ -23,6 +24,7 @@ from delineo.serve.jobs import Busy, JobQueue  # noqa: E402
 from delineo.serve.store import Workspace  # noqa: E402
 
 from .serve_fixtures import CASE, hippocampus_dicom_zip, serve_models  # noqa: F401,E402
+from .test_dicom_series import seg_on_grid  # noqa: E402
 
 
 def client(tmp: Path, models: Path | None = None, **kw) -> TestClient:
@@ -131,9 +133,37 @@ def test_upload_run_correct_approve_export_nifti(tmp_path, serve_models):
     out = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
     np.testing.assert_array_equal(np.asarray(out.dataobj), edited)
     np.testing.assert_allclose(out.affine, ref.affine)
-    # a NIfTI study has no DICOM headers to reference: one sentence, not a crash
-    r = c.get(f"{base}/export?format=dicom-seg")
-    assert r.status_code == 400 and "DICOM source series" in r.json()["detail"]
+    # a NIfTI study has no DICOM images to reference: the SEG comes in a ZIP with the scan written
+    # as a DICOM series (modality chosen, OT by default), its frames on the mask voxel for voxel
+    assert c.get(f"{base}/export?format=dicom-seg&modality=XA").status_code == 400
+    r = c.get(f"{base}/export?format=dicom-seg&modality=MR")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-disposition"].endswith('_seg_with_series.zip"')
+    unpacked = tmp_path / "seg_zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        zf.extractall(unpacked)
+    series = sorted((unpacked / "series").glob("*.dcm"))
+    assert len(series) == 35
+    from delineo.io.dicom import read_dicom_series
+
+    scan = read_dicom_series(unpacked / "series")
+    assert scan.modality == "MR"
+    np.testing.assert_allclose(scan.affine, ref.affine, atol=1e-5)
+    np.testing.assert_array_equal(scan.array, np.asarray(ref.dataobj))
+    placed = seg_on_grid(next(unpacked.glob("*_seg.dcm")), ref.shape, ref.affine)
+    assert set(placed) == {"Anterior"}
+    np.testing.assert_array_equal(placed["Anterior"], edited == 1)
+    r = c.get(f"{base}/export?format=rtstruct&modality=MR")
+    assert r.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        rt_names = zf.namelist()
+        rt = pydicom.dcmread(io.BytesIO(zf.read(next(n for n in rt_names if n.endswith("_rtstruct.dcm")))))
+    # the RTSTRUCT references the same derived series as the SEG (written once per study)
+    assert sorted(n for n in rt_names if n.startswith("series/")) == [f"series/{f.name}" for f in series]
+    ref_series = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert ref_series.SeriesInstanceUID == pydicom.dcmread(series[0], stop_before_pixels=True).SeriesInstanceUID
+    assert sorted(p.name for p in (tmp_path / "ws" / "studies" / study["id"] / "exports").glob("*.zip")) == [
+        f"{mid}_v002_rtstruct_with_series.zip", f"{mid}_v002_seg_with_series.zip"]
     # every version stays on disk
     assert sorted(p.name for p in (tmp_path / "ws" / "studies" / study["id"] / "masks" / mid).glob("v*.nii.gz")) == [
         "v001.nii.gz", "v002.nii.gz"]

@@ -29,6 +29,8 @@ from starlette.concurrency import run_in_threadpool
 
 from delineo.errors import DelineoError, InputError
 from delineo.serve import analysis, ingest
+from delineo.serve.export import SUFFIX as EXPORT_SUFFIX
+from delineo.serve.export import export_mask
 from delineo.serve.jobs import Busy, JobQueue
 from delineo.serve.models import ModelLibrary, explain_methods
 from delineo.serve.store import Conflict, NotFound, Workspace, check_id, new_id
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "delineo_token"
-EXPORT_SUFFIX = {"nifti": ".nii.gz", "dicom-seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
 
 
 @dataclass
@@ -409,8 +410,11 @@ def create_app(settings: Settings) -> FastAPI:
         return await run_in_threadpool(compute)
 
     @app.get("/api/studies/{sid}/masks/{mid}/export")
-    async def export(sid: str, mid: str, format: str = "nifti"):
-        """Write the approved version in ``format`` to the study's exports and download it."""
+    async def export(sid: str, mid: str, format: str = "nifti", modality: str = "", patient_name: str = "",
+                     patient_id: str = ""):
+        """Write the approved version in ``format`` to the study's exports and download it. A
+        DICOM-SEG / RTSTRUCT of a study that arrived as a file comes as a ZIP with a derived DICOM
+        series of the scan (``modality`` CT, MR or OT, the default) that the object references."""
         fmt = format.lower()
         if fmt not in EXPORT_SUFFIX:
             raise InputError(f"export format '{fmt[:20]}' is not one of {', '.join(EXPORT_SUFFIX)}.")
@@ -420,7 +424,6 @@ def create_app(settings: Settings) -> FastAPI:
         version = int(info["status_version"])
 
         def write() -> Path:
-            from delineo.io.export import write_prediction
             from delineo.io.image import Image
 
             source = ingest.read_source(ws, sid)
@@ -429,9 +432,9 @@ def create_app(settings: Settings) -> FastAPI:
                 raise Conflict(f"mask '{mid}' does not fit the study's image grid.")
             mask_img = Image(array, source.affine.copy(), "SEG", dict(source.meta))
             labels = {int(k): v for k, v in info["model"].get("labels", {}).items()}
-            out = ws.export_dir(sid) / f"{mid}_v{version:03d}{EXPORT_SUFFIX[fmt]}"
-            return write_prediction(mask_img, source, out, fmt, labels,
-                                    model_name=f"{info['model'].get('name', 'model')} (Delineo viewer, approved)")
+            return export_mask(ws, sid, mid, version, fmt, mask_img, source, labels,
+                               f"{info['model'].get('name', 'model')} (Delineo viewer, approved)",
+                               modality, patient_name[:64], patient_id[:64])
 
         path = await run_in_threadpool(write)
         return FileResponse(path, filename=path.name, media_type="application/octet-stream")

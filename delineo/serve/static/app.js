@@ -80,6 +80,7 @@ function wire() {
   $("#window").addEventListener("change", () => applyWindow($("#window").value));
   $("#opacity").addEventListener("input", () => { if (!state.contour) nv.setDrawOpacity(+$("#opacity").value); });
   $("#outline").addEventListener("change", guard(showContours));
+  $("#export-modality").addEventListener("change", () => updateReview());
   $("#heat-visible").addEventListener("change", () => {
     if (state.heat) { state.heat.opacity = $("#heat-visible").checked ? 0.6 : 0; nv.updateGLVolume(); }
   });
@@ -298,9 +299,14 @@ function updateReview() {
   $("#approve").disabled = $("#reject").disabled = !m || state.dirty || state.version !== latest;
   $("#explain").disabled = !m && !$("#model").value;
   const approved = m && m.status === "approved";
+  // a study that arrived as a file has no DICOM images to reference: SEG / RTSTRUCT come as a ZIP
+  // with a DICOM series written from the scan, of the modality chosen here (OT unless told)
+  const derived = !!state.study && state.study.kind !== "dicom";
+  $("#export-derived").hidden = !derived;
   for (const a of document.querySelectorAll("[data-format]")) {
     a.classList.toggle("disabled", !approved);
-    a.href = approved ? `/api/studies/${state.study.id}/masks/${m.id}/export?format=${a.dataset.format}` : "#";
+    const extra = derived && a.dataset.format !== "nifti" ? `&modality=${encodeURIComponent($("#export-modality").value)}` : "";
+    a.href = approved ? `/api/studies/${state.study.id}/masks/${m.id}/export?format=${a.dataset.format}${extra}` : "#";
     a.setAttribute("download", "");
   }
   const el = $("#mask-state");
