@@ -73,11 +73,32 @@ def test_installed_wheel_runs_from_any_folder(wheel: Path, tmp_path: Path):
     delineo = str(venv / "bin" / "delineo")
     assert "recipe" in _run([delineo, "--help"], cwd=work)
     assert "brain_tumour" in _run([delineo, "recipe", "list"], cwd=work)
-    # the demo's first steps: its experiment, on the sample data inside the installed package
-    _run([delineo, "-q", "train", str(Path(located[1]) / "demo.yaml"), "--fold", "none",
-          "--set", "train.epochs=1", "--set", "train.iterations_per_epoch=1", "--set", "model.filters=[4,8]",
-          "--set", "sampling.batch_size=1", "--set", "train.max_minutes=null", "--set", "data.max_cases=4",
-          "--set", "data.folds=2"], cwd=work)
-    assert (work / "runs" / "demo-hippocampus" / "all" / "checkpoints" / "best.pt").is_file()
+    # `delineo demo` itself (train, evaluate, predict), shrunk to its first steps, on the sample
+    # data inside the installed package
+    printed = _run([delineo, "-q", "demo", "--out", "demo_here", "--set", "train.epochs=1",
+                    "--set", "train.iterations_per_epoch=1", "--set", "model.filters=[4,8]",
+                    "--set", "sampling.batch_size=1", "--set", "train.max_minutes=null",
+                    "--set", "data.max_cases=12"], cwd=work)
+    assert "Delineo demo finished" in printed and "held-out mean Dice" in printed, printed
+    run = work / "demo_here" / "runs" / "demo-hippocampus" / "fold_0"
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "report.html").is_file()
+    assert len(list((work / "demo_here" / "prediction").glob("*.nii.gz"))) == 1
     _run([delineo, "recipe", "copy", "wmh", "my_wmh"], cwd=work)
     assert str(fresh_site) in (work / "my_wmh" / "experiment.yaml").read_text()
+
+
+def test_extras_and_the_gpu_line_are_documented():
+    """The extras the README promises exist in pyproject, and the README names them and the one
+    line a GPU user runs (the CUDA build of PyTorch first: the default stays the CPU build)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert {"dicom", "viewer", "db", "docs", "test"} <= set(extras)
+    assert any(d.startswith("pytest-cov") for d in extras["test"])  # `make test` measures coverage
+    assert any(d.startswith("python-gdcm") for d in extras["dicom"])
+    readme = (ROOT / "README.md").read_text()
+    for name in ("dicom", "viewer", "db", "docs", "test"):
+        assert f"[{name}]" in readme, name
+    flat = " ".join(readme.split())
+    assert "pip install torch --index-url https://download.pytorch.org/whl/cu" in flat
+    assert not any(d.startswith("torch") and "cu" in d for d in project["dependencies"])
