@@ -18,16 +18,21 @@ install: $(BIN)/delineo
 demo: install
 	$(BIN)/delineo demo
 
+# The floor of the line coverage (the README's figure, measured by this very command); the
+# suite fails under it.
+COV_FLOOR := 85
+COV := --cov=delineo --cov-report=term:skip-covered --cov-fail-under=$(COV_FLOOR)
+
 test: install
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/python -m pytest -q -x --durations=15 $(COV)
 
 # Long fault-injection, fuzz and load runs: not part of `make test`.
 soak: install
 	$(BIN)/python -m pytest -q -m soak --durations=15
 
-# Line coverage of the default suite (the figure in the README): terminal table + coverage.json.
+# The same measurement as `make test`, without stopping at the first failure, plus coverage.json.
 coverage: install
-	$(BIN)/python -m pytest -q --cov=delineo --cov-report=term:skip-covered --cov-report=json:coverage.json
+	$(BIN)/python -m pytest -q $(COV) --cov-report=json:coverage.json
 
 # The documentation site, strict: a broken link or a missing reference fails the build.
 docs: install
