@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import logging
 import socket
 import sys
@@ -68,8 +69,8 @@ def _database_epochs(db: Path, run_dir: Path) -> tuple[object, dict[str, dict[in
 
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
-    """Two epochs with both mirrors, then --resume to three: what each mirror holds, and the
-    per-epoch overhead of each. MLflow writes to a folder store here (its default SQLite store
+    """Two epochs with both mirrors, then --resume to three, then the evaluation: what each mirror
+    holds, and the per-epoch overhead of each. MLflow writes to a folder store here (its default SQLite store
     spends 5 to 15 s creating its tables: see the soak test below)."""
     tmp = tmp_path_factory.mktemp("mirrors")
     runs, db = tmp / "runs", tmp / "runs" / "delineo.db"
@@ -85,6 +86,11 @@ def mirrored(tmp_path_factory):
     raw["train"]["epochs"] = 3
     trainer = Trainer(config_from_dict(raw), runs, 0, resume=True, progress=False)
     trainer.run()
+    from delineo.evaluate.run import evaluate_run
+    from delineo.track.tracker import record_evaluation
+
+    evaluate_run(trainer.run_dir, progress=False)  # what `delineo train` does next
+    record_evaluation(trainer.run_dir, runs)
     mp.undo()
     return {"runs": runs, "db": db, "run_dir": runs / "phantom" / "fold_0", "trackers": [first.tracker, trainer.tracker],
             "first_seconds": first_seconds, "mlflow_uri": store}
@@ -108,9 +114,11 @@ def test_tensorboard_holds_log_csv_per_epoch_and_the_config(mirrored):
                  if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
     values = start.session_start_info.hparams
     assert values["model.name"].string_value == "unet" and values["train.epochs"].string_value in ("2", "3")
-    files = acc.Tensors("files/text_summary")[-1].tensor_proto.string_val[0].decode()
-    assert f"delineo.checkpoint.best: {run_dir / 'checkpoints' / 'best.pt'}" in files
-    assert "delineo.status: finished" in files
+    texts = {e.step: e.tensor_proto.string_val[0].decode() for e in acc.Tensors("files/text_summary")}
+    assert f"delineo.checkpoint.best: {run_dir / 'checkpoints' / 'best.pt'}" in texts[3]
+    assert f"delineo.report: {run_dir / 'report.html'}" in texts[3]
+    summary = json.loads((run_dir / "metrics" / "summary.json").read_text())
+    assert scalars["eval.mean_dice"] == pytest.approx({3: summary["mean_dice"]}, rel=1e-6)
 
 
 def _mlflow_run(uri: str, experiment: str = "phantom"):
@@ -145,16 +153,23 @@ def test_mlflow_holds_log_csv_per_epoch_params_and_tags(mirrored):
     tags = run.data.tags
     assert tags["delineo.checkpoint.last"] == str(run_dir / "checkpoints" / "last.pt")
     assert tags["delineo.status"] == "finished" and Path(tags["delineo.log"]).is_file()
+    assert tags["delineo.report"] == str(run_dir / "report.html")
+    summary = json.loads((run_dir / "metrics" / "summary.json").read_text())
+    (dice,) = client.get_metric_history(run.info.run_id, "eval.mean_dice")
+    assert (dice.step, dice.value) == (3, pytest.approx(summary["mean_dice"], rel=1e-12))
+    label, stats = next(iter(summary["labels"].items()))
+    assert run.data.metrics[f"eval.{label}.dice"] == pytest.approx(stats["dice"]["mean"], rel=1e-12)
     s, _ = _database_epochs(mirrored["db"], run_dir)
     assert tags["delineo.session"] == s.uid
     assert not (runs / "mlflow.db").exists()  # track.mlflow_uri chose the store
 
 
+@pytest.mark.soak
 @needs_mirrors
 def test_mlflow_default_store_is_sqlite_beside_the_runs(tmp_path, monkeypatch):
     """`delineo train --mirror mlflow` with nothing else set: runs/mlflow.db, artefact root in the
-    runs folder (none in the working folder), the same history as log.csv. About 13 s on 2 busy
-    cores, most of it MLflow creating its tables."""
+    runs folder (none in the working folder), the same history as log.csv. 13 to 26 s on 2 busy
+    cores (soak), most of it MLflow creating its tables."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     exp = tmp_path / "exp.yaml"

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from delineo.track.mirrors import Mirror, MirrorContext, register_mirror
 
@@ -36,6 +37,7 @@ class TensorBoardMirror(Mirror):
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = ctx.run_dir / "tensorboard"
+        self.step = ctx.start_epoch  # the last epoch written
         self.writer = SummaryWriter(str(self.dir), purge_step=ctx.start_epoch + 1 if ctx.resume else None)
 
     @classmethod
@@ -54,10 +56,18 @@ class TensorBoardMirror(Mirror):
     def epoch(self, epoch: int, metrics: dict[str, float], wall: float) -> None:
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, epoch, walltime=wall)
+        self.step = epoch
         self.writer.flush()  # so that a TensorBoard watching the run sees each epoch as it ends
 
-    def finish(self, status: str, tags: dict[str, str]) -> None:
-        self.writer.add_text("files", "\n".join(f"    {k}: {v}" for k, v in tags.items()))
+    def evaluation(self, metrics: dict[str, float], step: int, tags: dict[str, str]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.add_text("files", "\n".join(f"    {k}: {v}" for k, v in tags.items()), step)
+        self.writer.flush()
+
+    def finish(self, status: Optional[str], tags: dict[str, str]) -> None:
+        if status is not None:
+            self.writer.add_text("files", "\n".join(f"    {k}: {v}" for k, v in tags.items()), self.step)
         self.writer.close()
 
 
@@ -97,6 +107,7 @@ class MlflowMirror(Mirror):
 
         self.client = MlflowClient(tracking_uri=self.uri)
         self.known_params: dict[str, str] = {}
+        self.reopened_status: Optional[str] = None  # the status of a run found again (resume, evaluation)
         self.run_id = self._open()
 
     @classmethod
@@ -128,6 +139,7 @@ class MlflowMirror(Mirror):
             runs = self.client.search_runs([eid], filter_string=f"tags.`delineo.session` = '{ctx.uid}'",
                                            max_results=1)
             if runs:
+                self.reopened_status = runs[0].info.status
                 self.client.update_run(runs[0].info.run_id, status="RUNNING")
                 self.known_params = dict(runs[0].data.params)
                 return runs[0].info.run_id
@@ -151,9 +163,20 @@ class MlflowMirror(Mirror):
         stamp = int(wall * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(_key(k), v, stamp, epoch) for k, v in metrics.items()])
 
-    def finish(self, status: str, tags: dict[str, str]) -> None:
+    def evaluation(self, metrics: dict[str, float], step: int, tags: dict[str, str]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(_key(k), v, stamp, step) for k, v in metrics.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def finish(self, status: Optional[str], tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
+        if status is None:  # after an evaluation: the training's status stays
+            if self.reopened_status:
+                self.client.update_run(self.run_id, status=self.reopened_status)
+            return
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, _MLFLOW_STATUS.get(status, "FINISHED"))
 

@@ -73,7 +73,13 @@ class Mirror:
     def epoch(self, epoch: int, metrics: dict[str, float], wall: float) -> None:
         raise NotImplementedError
 
-    def finish(self, status: str, tags: dict[str, str]) -> None:
+    def evaluation(self, metrics: dict[str, float], step: int, tags: dict[str, str]) -> None:
+        """The evaluation summary after training (``eval.*`` metrics at the last epoch) and the
+        report's path; the run's status is left as the training set it."""
+        raise NotImplementedError
+
+    def finish(self, status: Optional[str], tags: dict[str, str]) -> None:
+        """The end of the session (status None: an evaluation that leaves the status alone)."""
         raise NotImplementedError
 
 
@@ -127,15 +133,32 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def final_tags(ctx: MirrorContext, status: str) -> dict[str, str]:
+def final_tags(ctx: MirrorContext, status: Optional[str]) -> dict[str, str]:
     """The session's identity and the files it ended with (those that exist), as tags."""
     run = ctx.run_dir
-    tags = {"delineo.status": status, "delineo.run_dir": str(run), "delineo.session": ctx.uid}
+    tags = {"delineo.run_dir": str(run), "delineo.session": ctx.uid}
+    if status is not None:
+        tags["delineo.status"] = status
     for key, rel in (("delineo.checkpoint.best", "checkpoints/best.pt"), ("delineo.checkpoint.last", "checkpoints/last.pt"),
-                     ("delineo.config", "config.yaml"), ("delineo.log", "log.csv")):
+                     ("delineo.config", "config.yaml"), ("delineo.log", "log.csv"), ("delineo.report", "report.html"),
+                     ("delineo.metrics", "metrics/summary.json")):
         if (run / rel).is_file():
             tags[key] = str(run / rel)
     return tags
+
+
+def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """An evaluation summary (metrics/summary.json) as flat metrics: ``eval.mean_dice`` and the
+    mean of every metric per label, ``eval.<label>.<metric>``; undefined values are left out."""
+    out: dict[str, float] = {}
+    if isinstance(summary.get("mean_dice"), (int, float)):
+        out["eval.mean_dice"] = float(summary["mean_dice"])
+    for label, metrics in (summary.get("labels") or {}).items():
+        for metric, stats in (metrics or {}).items():
+            mean = stats.get("mean") if isinstance(stats, dict) else None
+            if isinstance(mean, (int, float)) and not isinstance(mean, bool):
+                out[f"eval.{label}.{metric}"] = float(mean)
+    return out
 
 
 class _MirrorThread:
@@ -248,7 +271,8 @@ class Mirrors:
             t.epochs += 1
             t.submit(("epoch", epoch, metrics, wall))
 
-    def close(self, status: str = "finished", healthy_wait: float = 120.0, failing_wait: float = 2.0) -> None:
+    def close(self, status: Optional[str] = "finished", healthy_wait: float = 120.0,
+              failing_wait: float = 2.0) -> None:
         """Send the final tags and wait (bounded) for each mirror; never raises."""
         for t in self.threads:
             try:
@@ -257,7 +281,7 @@ class Mirrors:
                 log.warning("%s mirror: not closed (%s)", t.cls.name, exc)
 
     @staticmethod
-    def _close_one(t: _MirrorThread, status: str, healthy_wait: float, failing_wait: float) -> None:
+    def _close_one(t: _MirrorThread, status: Optional[str], healthy_wait: float, failing_wait: float) -> None:
         waited = time.perf_counter()
         lost = t.close(("finish", status, final_tags(t.ctx, status)), healthy_wait, failing_wait)
         waited = time.perf_counter() - waited
@@ -272,8 +296,20 @@ class Mirrors:
 
 
 def start_mirrors(names: list[str], ctx: MirrorContext, config: dict[str, Any]) -> Optional[Mirrors]:
-    """Start the named mirrors (None if none starts). A name whose package is not installed gets
-    one warning naming the extra; nothing here raises or waits."""
+    """Start the named mirrors for a training (None if none starts). A name whose package is not
+    installed gets one warning naming the extra; nothing here raises or waits."""
+    return _start(names, ctx, ("params", flatten(config)))
+
+
+def mirror_evaluation(names: list[str], ctx: MirrorContext, summary: dict[str, Any]) -> None:
+    """Send an evaluated run's summary to the mirrors of its training (the same MLflow run, found
+    by session id; the same TensorBoard folder) and wait for them, bounded as at a training's end."""
+    mirrors = _start(names, ctx, ("evaluation", summary_metrics(summary), ctx.start_epoch, final_tags(ctx, None)))
+    if mirrors is not None:
+        mirrors.close(None)
+
+
+def _start(names: list[str], ctx: MirrorContext, first: tuple[Any, ...]) -> Optional[Mirrors]:
     threads = []
     known = registry()
     for name in names:
@@ -285,7 +321,7 @@ def start_mirrors(names: list[str], ctx: MirrorContext, config: dict[str, Any]) 
             log.warning("%s mirror off for this run: the '%s' package is not installed; install it with %s",
                         name, cls.module, EXTRA)
             continue
-        threads.append(_MirrorThread(cls, ctx, ("params", flatten(config))))
+        threads.append(_MirrorThread(cls, ctx, first))
     return Mirrors(threads) if threads else None
 
 

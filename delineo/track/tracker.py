@@ -205,7 +205,36 @@ def _start_database(run_dir: Path, config: dict[str, Any], fold: Optional[int], 
 
 
 def record_evaluation(run_dir: Path, runs_root: Path, db: Optional[str] = None, timeout: float = 5.0) -> None:
-    """Record ``metrics/cases.csv``, the report and the summary of an evaluated run; never raises."""
+    """Record ``metrics/cases.csv``, the report and the summary of an evaluated run in the
+    database, and the summary in the run's mirrors (``track.mirrors`` of its config.yaml); never raises."""
+    _evaluation_to_database(run_dir, runs_root, db, timeout)
+    _evaluation_to_mirrors(run_dir, runs_root)
+
+
+def _evaluation_to_mirrors(run_dir: Path, runs_root: Path) -> None:
+    try:
+        import yaml
+
+        run_dir = Path(run_dir).resolve()
+        if not F.is_run_dir(run_dir) or not (run_dir / "metrics" / "summary.json").is_file():
+            return
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        names = list(((config.get("track") or {}).get("mirrors")) or []) if isinstance(config, dict) else []
+        if not names:
+            return
+        from delineo.track.mirrors import MirrorContext, mirror_evaluation
+
+        epochs = len(F.read_log(run_dir))
+        ctx = MirrorContext(run_dir=run_dir, runs_root=Path(runs_root).resolve(),
+                            experiment=str(config.get("name") or run_dir.parent.name), fold=F.folder_fold(run_dir),
+                            uid=F.folder_uid(run_dir), resume=True, start_epoch=epochs,
+                            options=dict(config.get("track") or {}))
+        mirror_evaluation(names, ctx, json.loads((run_dir / "metrics" / "summary.json").read_text()))
+    except Exception as exc:
+        log.warning("mirrors: evaluation of %s not mirrored (%s)", run_dir, exc)
+
+
+def _evaluation_to_database(run_dir: Path, runs_root: Path, db: Optional[str], timeout: float) -> None:
     try:
         from delineo.track.store import resolve_url
         from delineo.track.writer import BufferedWriter
