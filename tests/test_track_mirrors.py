@@ -197,7 +197,7 @@ def test_mirror_overhead_per_epoch(mirrored, capsys):
         loop_ms = 1000 * sum(t.submit_seconds for t in threads) / epochs
         background_ms = 1000 * sum(t.epoch_seconds for t in threads) / epochs
         lines.append(f"{name} {loop_ms:.3f} ms in the training loop, {background_ms:.1f} ms in the background")
-        assert loop_ms < 5
+        assert loop_ms < 20  # as the database's own hook (tests/test_track_train.py); 0.02 to 3 ms measured
     with capsys.disabled():
         print("\nmirror overhead per epoch: " + "; ".join(lines))
 
@@ -250,3 +250,20 @@ def test_an_unknown_mirror_is_refused_in_one_sentence(tmp_path, capsys):
         main(["train", str(exp), "--mirror", "mlfow"])
     assert exc.value.code == 2 and "invalid choice: 'mlfow'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@needs_mirrors
+def test_mirrors_work_with_the_database_off(tmp_path):
+    """DELINEO_DB=off turns the database off, not the mirrors: the scalars still arrive."""
+    from delineo.track.tracker import start_tracker
+
+    run_dir = tmp_path / "runs" / "exp" / "fold_0"
+    run_dir.mkdir(parents=True)
+    tracker = start_tracker(run_dir, {"name": "exp", "track": {"mirrors": ["tensorboard"]}}, 0, False,
+                            tmp_path / "runs", db="off")
+    for e in (1, 2):
+        tracker.epoch({"epoch": e - 1, "train_loss": 1.0 / e}, e)
+    tracker.close("finished")
+    scalars, _ = _tensorboard_scalars(run_dir / "tensorboard")
+    assert scalars["train_loss"] == {1: 1.0, 2: 0.5}
+    assert not (tmp_path / "runs" / "delineo.db").exists()
