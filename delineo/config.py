@@ -360,8 +360,9 @@ class TrackConfig(Strict):
     """Where a training's metrics go besides ``log.csv`` and the experiment database (delineo.track)."""
 
     mirrors: list[str] = Field(
-        default_factory=list, description="also log every epoch's metrics, the resolved config (as params) and the "
-        "final checkpoint paths (as tags) to these trackers, from rank 0: tensorboard (event files in the run "
+        default_factory=list, description="also log every epoch's metrics, the resolved config (as params), the "
+        "final checkpoint paths (as tags) and the evaluation summary (eval.* metrics) to these trackers, from "
+        "rank 0: tensorboard (event files in the run "
         "folder's tensorboard/), mlflow; needs pip install 'delineo[mirrors]'; a mirror that fails warns once and "
         "never stops training (delineo train --mirror NAME adds one)")
     mlflow_uri: Optional[str] = Field(
