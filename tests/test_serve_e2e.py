@@ -93,6 +93,14 @@ def wait_js(page, expression: str, timeout: float = 60) -> None:
         page.wait_for_timeout(50)
 
 
+def settled(page) -> None:
+    """Wait until the browser has drawn two more frames: NiiVue redraws on state changes, so after
+    waiting on the state itself this makes the next screenshot show it (no fixed sleeps)."""
+    drew = page.evaluate("new Promise((done) => { setTimeout(() => done(false), 10000); "
+                         "requestAnimationFrame(() => requestAnimationFrame(() => done(true))); })")
+    assert drew, "the page drew no frame in 10 s"
+
+
 def shot(page, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -118,8 +126,7 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
         page.goto(server)
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         timings["ui_ready_s"] = time.perf_counter() - t0
-        page.wait_for_function("performance.getEntriesByName('first-contentful-paint').length > 0",
-                               timeout=30_000)
+        wait_js(page, "performance.getEntriesByName('first-contentful-paint').length > 0", 30)
         fcp = page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime")
         timings["first_paint_s"] = fcp / 1000
         assert "token" not in page.url
@@ -127,8 +134,7 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
         page.reload()  # a second visit: the measure of first paint that excludes browser start-up
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         # the paint entry is queued after the frame is shown: wait for it rather than read too early
-        page.wait_for_function("performance.getEntriesByName('first-contentful-paint').length > 0",
-                               timeout=30_000)
+        wait_js(page, "performance.getEntriesByName('first-contentful-paint').length > 0", 30)
         timings["first_paint_reload_s"] = page.evaluate(
             "performance.getEntriesByName('first-contentful-paint')[0].startTime") / 1000
         timings["ui_ready_reload_s"] = page.evaluate("performance.now()") / 1000
@@ -137,6 +143,7 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
         page.set_input_files("#file", str(hippocampus_dicom_zip))
         expect(page.locator("#status")).to_contain_text("35×51×35 voxels", timeout=30_000)
         expect(page.locator("#studies li")).to_have_count(1)
+        settled(page)
         before = canvas_pixels(page)
         shot(page, "02_study")
 
@@ -145,7 +152,8 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
         page.click("#run")
         page.wait_for_selector("body[data-mask-version$=':1']", timeout=60_000)
         timings["run_to_contours_s"] = float(page.get_attribute("body", "data-run-to-contours"))
-        page.wait_for_timeout(300)
+        expect(page.locator("#structures tbody tr").first).to_be_visible()
+        settled(page)
         after = canvas_pixels(page)
         shot(page, "03_contours")
         assert coloured(after, (0, 180, 220)) > 500 + coloured(before, (0, 180, 220)), "no posterior overlay on screen"
@@ -154,35 +162,46 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
 
         # 4. scroll through the slices of the axial view
         page.click("[data-view='axial']")
-        page.wait_for_timeout(200)
+        wait_js(page, "delineo.nv.opts.sliceType === delineo.nv.sliceTypeAxial", 10)
+        settled(page)
         z0 = page.evaluate("delineo.nv.scene.crosshairPos[2]")
         box = page.locator("#gl").bounding_box()
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         for _ in range(4):
             page.mouse.wheel(0, 120)
-            page.wait_for_timeout(60)
+        # the wheel events are handled asynchronously: wait for the slice to move, then check it did
+        try:
+            wait_js(page, f"delineo.nv.scene.crosshairPos[2] !== {z0!r}", 10)
+        except AssertionError:
+            pass
         z1 = page.evaluate("delineo.nv.scene.crosshairPos[2]")
         assert z1 != z0, "the mouse wheel did not change the slice"
-        page.click("#structures tbody tr >> nth=0")  # jump to the largest structure
-        page.wait_for_timeout(200)
+        row0 = page.locator("#structures tbody tr").first
+        centre_mm = [float(v) for v in re.search(r"centre ([-\d., ]+) mm", row0.get_attribute("title")).group(1).split(",")]
+        row0.locator("td").first.click()  # jump to the largest structure (the row, not its explain button)
+        # the crosshair lands on the structure's centre
+        wait_js(page, f"delineo.nv.mm2frac({centre_mm}).every((v, i) => Math.abs(v - delineo.nv.scene.crosshairPos[i]) < 1e-4)", 10)
+        settled(page)
         shot(page, "04_scrolled_axial")
 
         # 5. toggle the posterior label off and on
         shown = coloured(canvas_pixels(page), (0, 180, 220))
         assert shown > 200
         page.uncheck("#labels [data-label='2']")
-        page.wait_for_timeout(200)
+        wait_js(page, "delineo.state.hidden.has(2)", 10)
+        settled(page)
         hidden = coloured(canvas_pixels(page), (0, 180, 220))
         shot(page, "05_label_hidden")
         assert hidden < shown * 0.05, (shown, hidden)
         page.check("#labels [data-label='2']")
-        page.wait_for_timeout(200)
+        wait_js(page, "!delineo.state.hidden.has(2)", 10)
+        settled(page)
 
         # 5b. contours instead of the filled mask: far fewer coloured pixels, but some
         filled = coloured(canvas_pixels(page), (0, 180, 220))
         page.check("#outline")
-        wait_js(page, "!!delineo.state.contour")
-        page.wait_for_timeout(300)
+        wait_js(page, "!!delineo.state.contour && delineo.nv.volumes.includes(delineo.state.contour)")
+        settled(page)
         outlined = coloured(canvas_pixels(page), (0, 180, 220))
         shot(page, "05b_contours_only")
         assert 50 < outlined < filled * 0.8, (filled, outlined)
@@ -202,14 +221,15 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
             for i in range(12):
                 page.mouse.move(cx - 60 + dx + i * 10, cy - 20 + i * 3)
             page.mouse.up()
-            page.wait_for_timeout(150)
 
         stroke(0)
+        wait_js(page, f"{count1} !== {n0}", 10)  # pointer events are handled asynchronously
         n1 = page.evaluate(count1)
         assert n1 > n0, "the brush painted nothing"
         page.click("#undo")
         assert page.evaluate(count1) == n0, "undo did not remove the stroke"
         stroke(0)
+        wait_js(page, f"{count1} !== {n0}", 10)
         n2 = page.evaluate(count1)
         assert n2 == n1
         shot(page, "06_painted")
@@ -243,13 +263,24 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
         page.click("#explain")
         page.wait_for_selector("body[data-explained]", timeout=60_000)
         page.click("[data-view='multi']")
-        page.wait_for_timeout(400)
+        wait_js(page, "delineo.nv.opts.sliceType === delineo.nv.sliceTypeMultiplanar", 10)
+        settled(page)
         shot(page, "08_explained")
         assert page.evaluate("delineo.nv.volumes.length") == 2
         assert page.evaluate("delineo.state.heat.colorbarVisible") is True
         px = canvas_pixels(page)
         heat = int(np.count_nonzero((px[..., 0] > 200) & (px[..., 1] > 60) & (px[..., 1] < 200) & (px[..., 2] < 60)))
         assert heat > 500, heat  # orange heat-map pixels (the 'warm' colour map) on screen
+
+        # 9. explain one lesion: a structures row's explain button, that component as the target
+        first = page.get_attribute("body", "data-explained")
+        page.locator("#structures tbody tr").first.locator("[data-explain-lesion]").click()
+        wait_js(page, f"document.body.dataset.explained !== '{first}'", 60)
+        expect(page.locator("#status")).to_contain_text("for lesion #1 of label")
+        settled(page)
+        shot(page, "09_lesion_explained")
+        assert page.evaluate("delineo.nv.volumes.length") == 2  # the label's heat map was replaced
+        assert page.evaluate("delineo.state.heat.colorbarVisible") is True
 
         assert not errors, errors
         outside = [u for u in requests if not u.startswith(server.split("?")[0]) and not u.startswith(("blob:", "data:"))]

@@ -360,9 +360,11 @@ async function setStatus(s) {
 
 // ------------------------------------------------------------------ jobs
 async function runModel() {
+  const t0 = performance.now();  // "Run to contours" counts from the click, the request included
   const job = await api(`/api/studies/${state.study.id}/run`, { method: "POST", json: { model: $("#model").value } });
-  state.runStarted[job.id] = performance.now();
+  state.runStarted[job.id] = t0;
   status(job.message);
+  if (state.lastJobs) onJobs(state.lastJobs);  // it may have finished before this response came back
 }
 
 // explain the current label, or (``lesion``: a row of the structures table) that one connected
@@ -402,11 +404,14 @@ function onJobs(data) {
     if (j.state === "failed") li.className = "error";
     ul.appendChild(li);
   }
+  state.lastJobs = data;
   for (const j of data.jobs) {
     if (j.state !== "done" && j.state !== "failed") continue;
     if (state.seenJobs.has(j.id)) continue;
-    state.seenJobs.add(j.id);
+    // a finished run this page has not started (yet): its POST may still be on its way back when
+    // a fast job's "done" arrives, so it is not marked seen; runModel looks again once it knows the id
     if (!(j.id in state.runStarted) && !j.kind.startsWith("explain")) continue;
+    state.seenJobs.add(j.id);
     if (!state.study || j.study !== state.study.id) continue;
     if (j.state === "failed") { status(`${j.kind} failed: ${j.message}`, true); continue; }
     if (j.kind === "segment") guard(onSegmented)(j);
