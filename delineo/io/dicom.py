@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -41,6 +42,31 @@ NON_IMAGE_MODALITIES = frozenset(
     {"SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SR", "PR", "KO", "REG", "DOC", "RWV", "PLAN"}
 )
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+#: SOP classes (exact, or a prefix ending in '.') that are not image volumes even when they carry
+#: pixel data or an image modality: raw data, segmentations, registrations, structured reports,
+#: presentation states, waveforms, encapsulated documents, RT objects, spectroscopy
+NON_IMAGE_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.66.", "1.2.840.10008.5.1.4.1.1.88.",
+    "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.9.", "1.2.840.10008.5.1.4.1.1.104.",
+    "1.2.840.10008.5.1.4.1.1.481.", "1.2.840.10008.5.1.4.1.1.4.2", _DICOMDIR_CLASS,
+)
+_RT_IMAGE_CLASS = "1.2.840.10008.5.1.4.1.1.481.1"  # the one RT class that is an image
+
+
+def is_non_image_sop_class(uid: str) -> bool:
+    """True for a SOP class that is not an image, whatever its modality says."""
+    uid = str(uid or "")
+    if uid == _RT_IMAGE_CLASS:
+        return False
+    return any(uid == c or (c.endswith(".") and uid.startswith(c)) for c in NON_IMAGE_SOP_CLASSES)
+
+
+def sop_class_name(uid: str) -> str:
+    """'Raw Data Storage' for its UID (the UID itself when pydicom does not know it)."""
+    from pydicom.uid import UID
+
+    name = UID(str(uid)).name
+    return name if name and name != str(uid) else str(uid)
 
 #: Attributes copied into derived objects and sidecars (patient and study identification).
 PATIENT_STUDY_KEYWORDS = (
@@ -93,11 +119,20 @@ class SeriesInfo:
     frame_of_reference_uid: str = ""
     #: True when the files carry no SeriesInstanceUID and :attr:`uid` was derived from them.
     uid_generated: bool = False
+    sop_class_uid: str = ""
 
     @property
     def is_image(self) -> bool:
-        """True for pixel series that :func:`read_dicom_series` can turn into a volume."""
-        return self.modality.upper() not in NON_IMAGE_MODALITIES
+        """True for pixel series that :func:`read_dicom_series` can turn into a volume: by
+        modality, and by SOP class (raw data or a report with modality CT is still no image)."""
+        return self.modality.upper() not in NON_IMAGE_MODALITIES and not is_non_image_sop_class(self.sop_class_uid)
+
+    @property
+    def kind(self) -> str:
+        """What the series holds, for messages: the modality, or the SOP class when that says more."""
+        if is_non_image_sop_class(self.sop_class_uid) and self.modality.upper() not in NON_IMAGE_MODALITIES:
+            return f"{sop_class_name(self.sop_class_uid)} ({self.modality or '?'})"
+        return self.modality or "?"
 
     def describe(self) -> str:
         """One line for error messages: modality, description, slices, number and UID."""
@@ -111,11 +146,38 @@ class SeriesInfo:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_header(path: Path, tags: Sequence[str] | None = None):
+def truncation(ds, path: Path, at_end: bool = False) -> str | None:
+    """Why a parsed header is a truncated file, or None: pydicom returns what it could read from
+    a file cut short without complaint, so a cut in the header looked like a file without series
+    UIDs (a second series), a cut in an attribute like a wrong value, and a cut between two
+    attributes like a missing one. ``at_end``: the header read (stopped before the pixels) used
+    up the whole file, so an image has no pixel data."""
+    from pydicom.dataelem import RawDataElement
+
+    size = Path(path).stat().st_size
+    if len(ds) == 0:
+        return f"{path}: truncated DICOM file ({size} bytes: no data set after the file meta header)."
+    for elem in ds._dict.values():  # noqa: SLF001 - raw elements keep their declared length
+        if isinstance(elem, RawDataElement) and elem.value is not None and elem.length != 0xFFFFFFFF \
+                and len(elem.value) < elem.length:
+            return (f"{path}: truncated DICOM file (attribute ({elem.tag.group:04X},{elem.tag.elem:04X}) ends "
+                    f"after {len(elem.value)} of {elem.length} bytes).")
+    modality = str(ds.get("Modality", "") or "").upper()
+    sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    if at_end and modality not in NON_IMAGE_MODALITIES and not is_non_image_sop_class(sop):
+        last = max(ds.keys()) if len(ds) else None
+        after = f", after attribute ({last.group:04X},{last.elem:04X})" if last is not None else ""
+        return f"{path}: truncated DICOM file (it ends after {size} bytes{after}, before any pixel data)."
+    return None
+
+
+def _read_header(path: Path, tags: Sequence[str] | None = None, broken: list[str] | None = None):
     """The header of one file, or None when it is not DICOM (a log line says why it is skipped).
 
     Files without the 128-byte preamble (old exports) are accepted when forcing the read yields
-    an object with SOP and series UIDs; anything else (text, images, archives) is skipped.
+    an object with SOP and series UIDs; anything else (text, images, archives) is skipped. A
+    DICOM file that is truncated or unreadable is skipped too, its one-sentence reason appended
+    to ``broken`` so that reading a series from the folder can name it.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -124,11 +186,23 @@ def _read_header(path: Path, tags: Sequence[str] | None = None):
     if tags is not None:
         kwargs["specific_tags"] = list(tags)
     try:
-        return pydicom.dcmread(path, **kwargs)
+        with open(path, "rb") as fh:
+            ds = pydicom.dcmread(fh, **kwargs)
+            at_end = fh.tell() >= os.fstat(fh.fileno()).st_size  # stopped at the pixels, or ran out
     except InvalidDicomError:
         pass
     except Exception as exc:  # truncated or corrupt: report and skip, never crash the scan
         log.warning("Skipping %s: unreadable DICOM file (%s).", path, _short(exc))
+        if broken is not None:
+            broken.append(f"{path}: unreadable or truncated DICOM file ({_short(exc)}).")
+        return None
+    else:
+        reason = truncation(ds, path, at_end)
+        if reason is None:
+            return ds
+        log.warning("Skipping %s", reason)
+        if broken is not None:
+            broken.append(reason)
         return None
     try:
         with open(path, "rb") as fh:
@@ -153,8 +227,11 @@ def _iter_files(folder: Path) -> Iterable[Path]:
             yield path
 
 
-def _scan(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
-    """Headers of every DICOM file under ``folder`` (nested folders, any file names) by series."""
+def _scan(folder: Path, broken: list[str] | None = None,
+          indexes: list[tuple[Path, int]] | None = None) -> dict[str, list[tuple[Path, Any]]]:
+    """Headers of every DICOM file under ``folder`` (nested folders, any file names) by series;
+    truncated or unreadable DICOM files go to ``broken`` (reasons), DICOMDIR indexes to
+    ``indexes`` (path, number of files they reference)."""
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"{folder}: folder not found.")
@@ -162,12 +239,15 @@ def _scan(folder: Path) -> dict[str, list[tuple[Path, Any]]]:
         raise InputError(f"{folder}: is a file, not a folder of DICOM files.")
     by_series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
     for path in _iter_files(folder):
-        ds = _read_header(path, _SCAN_TAGS)
+        ds = _read_header(path, None if path.name.upper() == "DICOMDIR" else _SCAN_TAGS, broken)
         if ds is None:
             continue
         media_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
         if media_class == _DICOMDIR_CLASS:
             log.info("Skipping %s: DICOMDIR index (files are found by scanning instead).", path)
+            if indexes is not None:
+                records = ds.get("DirectoryRecordSequence", None) or []
+                indexes.append((path, sum(1 for r in records if "ReferencedFileID" in r)))
             continue
         if "SeriesInstanceUID" in fill_missing_uids(ds, path):
             ds._delineo_uid_generated = True  # noqa: SLF001 (in-memory marker, never written)
@@ -236,16 +316,19 @@ def _series_info(uid: str, items: list[tuple[Path, Any]]) -> SeriesInfo:
         patient_id=str(first.get("PatientID", "") or ""),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
         uid_generated=bool(getattr(first, "_delineo_uid_generated", False)),
+        sop_class_uid=str(first.get("SOPClassUID", "") or ""),
     )
 
 
-def list_series(folder: str | Path) -> list[SeriesInfo]:
-    """Every DICOM series under ``folder`` (nested folders, any file names), non-DICOM skipped.
+def list_series(folder: str | Path, *, broken: list[str] | None = None,
+                indexes: list[tuple[Path, int]] | None = None) -> list[SeriesInfo]:
+    """Every DICOM series under ``folder`` (nested folders, any file names), non-DICOM skipped
+    (truncated DICOM files too, their reasons in ``broken``; DICOMDIR indexes in ``indexes``).
 
     Sorted by series number then UID so that listings and error messages are reproducible.
     """
     folder = Path(folder)
-    by_series = _scan(folder)
+    by_series = _scan(folder, broken, indexes)
     infos = [_series_info(uid, items) for uid, items in by_series.items()]
     for info in infos:
         if info.uid_generated:
@@ -267,7 +350,7 @@ def select_series(folder: str | Path, infos: Sequence[SeriesInfo], series: str |
         if len(images) == 1:
             return images[0]
         if not images:
-            kinds = ", ".join(sorted({s.modality for s in infos}))
+            kinds = ", ".join(sorted({s.kind for s in infos}))
             raise InputError(f"{folder}: contains no image series, only {kinds} objects.")
         listing = "; ".join(f"[{s.describe()}]" for s in images)
         raise InputError(
@@ -291,7 +374,7 @@ def select_series(folder: str | Path, infos: Sequence[SeriesInfo], series: str |
     chosen = matches[0]
     if not chosen.is_image:
         raise InputError(
-            f"{folder}: series {series!r} is a {chosen.modality} object, not an image series "
+            f"{folder}: series {series!r} is a {chosen.kind} object, not an image series "
             "(read it with read_dicom_seg / read_rtstruct onto its image series)."
         )
     return chosen
@@ -310,7 +393,16 @@ def read_dicom_series(folder: str | Path, series: str | int | None = None, *, pe
     then Bq/ml), MR and other modalities as stored (rescaled when the file says so, except MR).
     """
     folder = Path(folder)
-    infos = list_series(folder)
+    broken: list[str] = []
+    indexes: list[tuple[Path, int]] = []
+    infos = list_series(folder, broken=broken, indexes=indexes)
+    if broken:  # a cut or damaged file may be a slice of the series: refuse, naming it
+        more = f" ({len(broken) - 1} more such file(s) in {folder})" if len(broken) > 1 else ""
+        raise InputError(broken[0].rstrip(".") + f"{more}; remove or replace it before reading the series.")
+    if not infos and indexes:
+        index, n = indexes[0]
+        raise InputError(f"{folder}: holds only a DICOMDIR index ({index.name}) and none of its {n} referenced "
+                         "file(s); copy the whole export, the index alone has no images.")
     info = select_series(folder, infos, series)
     return read_series(info, pet_suv=pet_suv, label=str(folder))
 
@@ -321,9 +413,10 @@ def read_series(info: SeriesInfo, *, pet_suv: bool = True, label: str | None = N
     headers = []
     seen: dict[str, Path] = {}
     for path in info.files:
-        ds = _read_header(path)
+        reasons: list[str] = []
+        ds = _read_header(path, broken=reasons)
         if ds is None:
-            raise InputError(f"{path}: could not be read again while loading series {info.uid}.")
+            raise InputError(reasons[0] if reasons else f"{path}: could not be read again while loading series {info.uid}.")
         fill_missing_uids(ds, path)
         if str(ds.SeriesInstanceUID) != info.uid:
             raise InputError(f"{path}: changed while loading series {info.uid}.")
@@ -532,7 +625,8 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
 
     ts = UID(str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
     if "PixelData" not in ds:
-        raise InputError(f"{path}: DICOM image without pixel data.")
+        raise InputError(f"{path}: DICOM image without pixel data (the file has {Path(path).stat().st_size} bytes).")
+    check_pixel_header(ds, path, ts)
     try:
         return ds.pixel_array
     except Exception as exc:
@@ -545,6 +639,56 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
                 f"({_short(exc)}){how}."
             ) from exc
         raise InputError(f"{path}: pixel data could not be read ({_short(exc)}).") from exc
+
+
+def check_pixel_header(ds, path: Path, ts=None) -> None:
+    """The attributes that describe the pixels, checked against each other and against the bytes
+    present, before decoding. pydicom's own messages name a symptom ("less than expected ... may
+    be corrupted, have an invalid group 0028 element value, or the transfer syntax ...") or the
+    wrong attribute (BitsStored when BitsAllocated was changed); these say which one is wrong."""
+    import math as _math
+
+    from pydicom.dataelem import RawDataElement
+    from pydicom.uid import UID
+
+    if is_non_image_sop_class(str(ds.get("SOPClassUID", "") or "")):
+        raise InputError(f"{path}: a {sop_class_name(ds.SOPClassUID)} object, not an image "
+                         f"(SOPClassUID {ds.SOPClassUID}, modality {ds.get('Modality', '?') or '?'}).")
+    rows, cols = int(_need(ds, path, "Rows")), int(_need(ds, path, "Columns"))
+    bits = int(_need(ds, path, "BitsAllocated"))
+    stored = int(ds.get("BitsStored", bits) or bits)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows < 1 or cols < 1:
+        raise InputError(f"{path}: Rows {rows} x Columns {cols}: an image needs at least one row and one column.")
+    raw = ds._dict.get(0x7FE00010)  # noqa: SLF001 - the raw element keeps its declared length
+    have = len(raw.value) if raw is not None and raw.value is not None else None
+    pixels = rows * cols * spp * frames
+    fits = [b for b in (8, 16, 32, 64) if have is not None and pixels * b // 8 == have]
+    fit = f" (as for BitsAllocated {fits[0]})" if fits else ""
+    if bits not in (1, 8, 16, 32, 64):
+        raise InputError(f"{path}: BitsAllocated {bits} is not valid (1, 8, 16, 32 or 64); the pixel data holds "
+                         f"{have} bytes for {rows} x {cols} pixels{fit}.")
+    if stored > bits and fits and fits[0] == bits:
+        raise InputError(f"{path}: BitsStored {stored} is more than BitsAllocated {bits} (which matches the {have} "
+                         "bytes of pixel data).")
+    if stored > bits:
+        raise InputError(f"{path}: BitsAllocated {bits} is less than BitsStored {stored}; the pixel data holds "
+                         f"{have} bytes for {rows} x {cols} pixels{fit}.")
+    if stored < 1:
+        raise InputError(f"{path}: BitsStored {stored} is not valid (1 to BitsAllocated {bits}).")
+    if int(ds.get("PixelRepresentation", 0) or 0) not in (0, 1):
+        raise InputError(f"{path}: PixelRepresentation {ds.PixelRepresentation} is not valid (0 unsigned, 1 signed).")
+    ts = UID(str(ts or "1.2.840.10008.1.2"))
+    if have is None or (ts.is_transfer_syntax and ts.is_compressed) or raw.length == 0xFFFFFFFF:
+        return  # encapsulated (compressed) pixel data: its decoder judges the length
+    if isinstance(raw, RawDataElement) and have < raw.length:
+        raise InputError(f"{path}: truncated DICOM file: its pixel data ends after {have} of {raw.length} bytes.")
+    need = _math.ceil(pixels * bits / 8)
+    if have < need:
+        frames_s = f" x {frames} frames" if frames > 1 else ""
+        raise InputError(f"{path}: Rows {rows} x Columns {cols} x SamplesPerPixel {spp}{frames_s} at BitsAllocated "
+                         f"{bits} needs {need} bytes, the pixel data holds {have}{fit}; one of these attributes is wrong.")
 
 
 def _read_pixels(files: list[Path], datasets: list[Any], modality: str, *, pet_suv: bool) -> np.ndarray:

@@ -72,6 +72,7 @@ def read_image(path: str | Path, *, allow_4d: bool = False, check_finite: bool =
     elif format_for(path) is not None:
         image = format_for(path).read(path)
     else:
+        _refuse_bare_dicom(path)
         raise InputError(
             f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)} "
             "or a DICOM folder)."
@@ -95,6 +96,23 @@ def read_image(path: str | Path, *, allow_4d: bool = False, check_finite: bool =
             raise InputError(f"{path}: {int(bad.sum())} voxels are NaN or infinite.")
     image.meta.setdefault("path", str(path))
     return image
+
+
+def _refuse_bare_dicom(path: Path) -> None:
+    """A DICOM file without the .dcm suffix (a DICOMDIR index, or a file of an export such as
+    IM000001) is named as what it is, with what to give instead, rather than as an unknown type."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return
+    if head[128:132] != b"DICM":
+        return
+    if path.name.upper() == "DICOMDIR":
+        raise InputError(f"{path}: a DICOMDIR index, not an image; give the folder that holds it ({path.parent}): "
+                         "the series are found by scanning.")
+    raise InputError(f"{path}: a DICOM file without a .dcm suffix; give its series folder ({path.parent}), "
+                     "or rename a single 2D image to .dcm.")
 
 
 #: deflate never compresses better than about 1032:1, so a .nii.gz cannot hold more than this

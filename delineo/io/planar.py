@@ -117,6 +117,9 @@ def read_dicom_image(path: Path) -> Image:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise InputError(f"{path}: a multi-frame DICOM object ({frames} frames); give the series folder instead.")
+    from delineo.io.dicom import check_pixel_header
+
+    check_pixel_header(ds, path, getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None))
     try:
         stored = ds.pixel_array
     except Exception as exc:  # missing decoder, damaged pixel data
