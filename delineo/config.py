@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -505,12 +506,52 @@ def config_from_dict(data: dict[str, Any], source: str = "experiment", base_dir:
         err = exc.errors()[0]
         place = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise ConfigError(f"{source}: invalid value at {place}: {err['msg']}.") from None
-    if base_dir is not None:
-        path = Path(cfg.data.source.path).expanduser()
+    raw_path = str(cfg.data.source.path)
+    if raw_path.startswith(PACKAGE_SCHEME):
+        cfg.data.source.path = str(package_path(raw_path, source))
+    elif base_dir is not None:
+        path = Path(raw_path).expanduser()
         if not path.is_absolute():
             cfg.data.source.path = str((base_dir / path).resolve())
     cfg.check_components(source)
     return cfg
+
+
+#: ``data.source.path: package:sample_data/hippocampus`` names data inside the installed package
+PACKAGE_SCHEME = "package:"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def package_path(value: str, source: str = "experiment") -> Path:
+    """``package:REL`` -> the file or folder REL inside the installed ``delineo`` package."""
+    rel = Path(value[len(PACKAGE_SCHEME):].lstrip("/"))
+    if ".." in rel.parts:
+        raise ConfigError(f"{source}: data.source.path {value}: a package: path stays inside the package.")
+    return (PACKAGE_DIR / rel).resolve()
+
+
+def shipped_experiment(path: Path) -> bool:
+    """True for the example and recipe experiment files that ship inside the package."""
+    folder = Path(path).resolve().parent
+    return any(folder == d or folder.is_relative_to(d) for d in
+               ((PACKAGE_DIR / "examples").resolve(), (PACKAGE_DIR / "recipes").resolve()))
+
+
+def _sample_fallback(cfg: ExperimentConfig, written: str, path: Path) -> None:
+    """A shipped example whose data path (relative to a source checkout, e.g. ../../shared/data/
+    hippocampus) does not exist, as after ``pip install``, trains on the embedded sample of the
+    same name (``sample_data/hippocampus``), said on an INFO line; an installed example thus runs
+    without ``--set data.source.path=...``. A path given with --set is never replaced."""
+    current = Path(cfg.data.source.path)
+    if current.exists() or Path(written).is_absolute() or written.startswith(PACKAGE_SCHEME) or \
+            not shipped_experiment(path):
+        return
+    sample = PACKAGE_DIR / "sample_data" / Path(written).name
+    if sample.exists():
+        logging.getLogger("delineo.config").info(
+            "%s: data.source.path %s does not exist here (a path of the source checkout); using the sample data "
+            "shipped with Delineo, %s. Point it at your data with --set data.source.path=...", path, written, sample)
+        cfg.data.source.path = str(sample)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -524,8 +565,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     except Exception as exc:  # noqa: BLE001 - PyYAML raises AttributeError etc. on hostile tags (!!timestamp x)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{path}: not valid YAML/JSON ({first[:160]}).") from None
-    data = apply_overrides(data or {}, overrides or [])
-    return config_from_dict(data, source=str(path), base_dir=path.parent)
+    data = data or {}
+    written = _source_path(data)
+    data = apply_overrides(data, overrides or [])
+    cfg = config_from_dict(data, source=str(path), base_dir=path.parent)
+    if written is not None and _source_path(data) == written:
+        _sample_fallback(cfg, written, path)
+    return cfg
+
+
+def _source_path(data: Any) -> str | None:
+    """``data.source.path`` as written in a raw experiment dict (None when absent)."""
+    try:
+        value = data["data"]["source"]["path"]
+    except (KeyError, TypeError):
+        return None
+    return None if value is None else str(value)
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:

@@ -64,7 +64,8 @@ DESCRIPTIONS: dict[str, str] = {
     "name": "experiment name: the run folder is runs/<name>/; a plain folder name",
     "data": "the dataset, its labels and how it is split",
     "data.source.type": "msd: MSD / nnU-Net folder; csv: one row per case; hdf5: deoxys fold layout",
-    "data.source.path": "the folder or file; relative paths are relative to the experiment file",
+    "data.source.path": "the folder or file; relative paths are relative to the experiment file; "
+                        "package:REL names data inside the installed package (e.g. package:sample_data/hippocampus)",
     "data.source.label_column": "CSV: the column with the label file",
     "data.source.id_column": "CSV: the column with the case id (default: id, case, or the first image's name)",
     "data.source.group_column": "CSV: the column to stratify folds by (default: group)",

@@ -1,7 +1,8 @@
 """The installable package: a wheel built from the repository (not editable) holds the code,
 the example experiments, the recipes and the sample data, and once installed into a fresh venv
 ``delineo`` works from an unrelated folder: --help, the recipes, and the demo experiment's first
-training steps on the sample data inside the installed package.
+training steps on the sample data inside the installed package, and a shipped example trained
+from the installed package without pointing it at data.
 
 Cheap by design: the wheel is installed with --no-deps into a venv without pip, and that venv
 reaches the project venv's dependencies (torch, ...) through a .pth path line. A path added so
@@ -85,6 +86,19 @@ def test_installed_wheel_runs_from_any_folder(wheel: Path, tmp_path: Path):
     assert len(list((work / "demo_here" / "prediction").glob("*.nii.gz"))) == 1
     _run([delineo, "recipe", "copy", "wmh", "my_wmh"], cwd=work)
     assert str(fresh_site) in (work / "my_wmh" / "experiment.yaml").read_text()
+    # a shipped example trains as installed, without --set data.source.path: its data path is
+    # relative to a source checkout (../../shared/data/hippocampus), absent here, so it falls back
+    # to the embedded sample of that name and says so on an INFO line
+    example = fresh_site / "delineo" / "examples" / "hippocampus.yaml"
+    done = subprocess.run([delineo, "train", str(example), "--runs", "ex_runs", "--db", "off",
+                           "--set", "train.epochs=1", "--set", "train.iterations_per_epoch=1",
+                           "--set", "model.filters=[4,8]", "--set", "sampling.batch_size=1",
+                           "--set", "sampling.patch_size=[16,16,16]", "--set", "train.max_minutes=null",
+                           "--set", "data.max_cases=5"], cwd=work, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "using the sample data shipped with Delineo" in done.stderr, done.stderr[-3000:]
+    assert (work / "ex_runs" / "hippocampus" / "fold_0" / "checkpoints" / "best.pt").is_file()
 
 
 def test_extras_and_the_gpu_line_are_documented():
