@@ -209,8 +209,10 @@ def test_positive_only_never_yields_an_empty_mask(mode: str, patch: list[int]):
         PatchSampler(cases[:1], mode, patch, positive_only=True)
 
 
-def test_lr_find_cli(tmp_path: Path, capsys):
+def test_lr_find_cli(tmp_path: Path, capsys, monkeypatch):
     out = tmp_path / "lr.png"
+    db = tmp_path / "team.db"  # a shared experiment database: a range test is not a training
+    monkeypatch.setenv("DELINEO_DB", str(db))
     rc = main(["lr-find", "-q", str(EXAMPLES / "brain_tumour.yaml"), "--set", f"data.source.path={SAMPLE}",
                *[a for s in QUICK + SHRINK["brain_tumour"] for a in ("--set", s)],
                "--steps", "12", "--start", "1e-5", "--end", "1", "--out", str(out), "--runs", str(tmp_path / "runs")])
@@ -223,3 +225,9 @@ def test_lr_find_cli(tmp_path: Path, capsys):
     k = 11 * (np.log10(lr) + 5) / 5
     assert abs(k - round(k)) < 0.01 and 2 <= round(k) <= 11, lr
     assert not list((tmp_path / "runs").glob("*/fold_*")), "lr-find writes no run folder"
+    if db.exists():  # no session (it would stay 'running' for a deleted temporary folder)
+        import sqlite3
+        with sqlite3.connect(db) as conn:
+            tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+            if "session" in tables:
+                assert conn.execute("select count(*) from session").fetchone()[0] == 0

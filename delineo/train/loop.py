@@ -105,8 +105,9 @@ class Trainer:
     """Trains one fold of an experiment into ``run_dir``."""
 
     def __init__(self, cfg: ExperimentConfig, runs_root: Path, fold: Optional[int] = 0, resume: bool = False,
-                 cache_root: Optional[Path] = None, progress: bool = True) -> None:
+                 cache_root: Optional[Path] = None, progress: bool = True, track: bool = True) -> None:
         self.cfg, self.fold, self.resume, self.progress = cfg, fold, resume, progress
+        self.track = track  # False for runs that are not trainings (lr-find): nothing in the database
         self.device = pick_device(cfg.train.device)
         self.dist = init_distributed(self.device)
         if self.device.type == "cuda" and self.dist.world > 1:
@@ -202,7 +203,7 @@ class Trainer:
                  "val": [c.case_id for c in self.val_cases]}, indent=1))
         # the experiment database (rank 0 only; never raises, never blocks an epoch)
         self.tracker = (start_tracker(self.run_dir, cfg.to_dict(), self.fold, self.resume, self.exp_dir.parent)
-                        if d.main else NullTracker())
+                        if d.main and self.track else NullTracker())
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("%s: %s with %.2f M parameters, %s patches %s, %d train / %d val cases, device %s x%d",
                  self.run_dir, cfg.model.get("name"), n_params / 1e6, s.mode, meta.patch_size,

@@ -122,7 +122,7 @@ def lr_find_experiment(cfg, runs_root: str = "runs", fold: int | None = 0, cache
     cfg = cfg.model_copy(deep=True)
     cfg.track.mirrors = []  # a range test is not a training: nothing to mirror
     with tempfile.TemporaryDirectory(prefix="delineo-lr-find-") as tmp:
-        trainer = Trainer(cfg, Path(tmp), fold, cache_root=cache, progress=False)
+        trainer = Trainer(cfg, Path(tmp), fold, cache_root=cache, progress=False, track=False)
         trainer.setup()
         seed = _seed_for(cfg.train.seed, 0, 0)
 
