@@ -55,7 +55,7 @@ SHARED = ROOT.parent / "shared" / "data"
 log = logging.getLogger("plans_trained")
 DELINEO = [sys.executable, "-c", "import sys; from delineo.cli import main; sys.exit(main())"]
 #: overrides a dataset needs to be split honestly (patients, not studies)
-OVERRIDES = {"brain-tumour-pgbm": [r"data.source.patient_pattern=^(.*?)(?:_\d{8})?$"]}
+OVERRIDES = {"brain-tumour-pgbm": [r"data.source.patient_pattern=^(.*?)(?:_\d{8})?$", "data.folds=3"]}
 
 
 # ------------------------------------------------------------------------- data (tested)
@@ -121,6 +121,7 @@ class Measured:
     wall_s: float
     peak_mb: float
     rc: int
+    cpu_s: float = 0.0  # user + system seconds of the process and its children
 
 
 def run_measured(cmd: Sequence[str], env: Optional[dict[str, str]] = None) -> Measured:
@@ -134,7 +135,7 @@ def run_measured(cmd: Sequence[str], env: Optional[dict[str, str]] = None) -> Me
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
-        return Measured(out.read(), wall, usage.ru_maxrss / 1024, proc.returncode)
+        return Measured(out.read(), wall, usage.ru_maxrss / 1024, proc.returncode, usage.ru_utime + usage.ru_stime)
 
 
 @dataclass
@@ -194,16 +195,21 @@ def planned_steps(plan_text: str) -> Optional[int]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ["dataset", "plan", "budget", "train command (wall)", "setup", "epochs counted",
+    head = ["dataset", "plan", "plan command", "budget", "train command: wall (CPU)", "setup", "epochs counted",
             "after", "within", "iterations (planned)", "val Dice (best)", "peak RSS", "evaluate"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['dataset']} | {r['error']} |" + " |" * (len(head) - 2))
+            continue
         setup = f"{r['setup_s']:.0f} s" if r.get("setup_s") is not None else "?"
         lines.append("| " + " | ".join([
-            r["dataset"], r["plan"], f"{r['budget_s'] / 60:g} min", f"{r['wall_s']:.0f} s", setup,
+            r["dataset"], r["plan"], f"{r['plan_s']:.0f} s", f"{r['budget_s'] / 60:g} min",
+            f"{r['wall_s']:.0f} s (CPU {r['cpu_s']:.0f} s)", setup,
             f"{r['counted_s']:.0f} s (last validation {r['last_validation_s']:.0f} s)", f"{r['after_s']:.0f} s",
             "yes" if r["within"] else "**no**", f"{r['iterations']} ({r['planned'] if r['planned'] else '?'})",
-            f"{r['best_dice']:.3f}", f"{r['peak_mb']:.0f} MB", f"{r['evaluate_s']:.0f} s",
+            f"{r['best_dice']:.3f}", f"{r['peak_mb']:.0f} MB",
+            f"{r['evaluate_s']:.0f} s" if r.get("evaluate_s") is not None else "not run",
         ]) + " |")
     return "\n".join(lines)
 
@@ -218,7 +224,7 @@ def datasets(work: Path) -> dict[str, Path]:
     }
 
 
-def bench(name: str, data: Path, work: Path, minutes: float) -> dict[str, Any]:
+def bench(name: str, data: Path, work: Path, minutes: float, evaluate: bool = False) -> dict[str, Any]:
     import yaml
 
     out = work / name
@@ -229,26 +235,27 @@ def bench(name: str, data: Path, work: Path, minutes: float) -> dict[str, Any]:
     planned = run_measured([*DELINEO, "plan", str(data), "--budget", f"{minutes:g}m", "--out", str(plan_path),
                             "--name", name], env)
     if planned.rc:
-        raise SystemExit(f"{name}: delineo plan failed:\n{planned.output[-3000:]}")
+        raise RuntimeError(f"delineo plan failed: {planned.output.strip().splitlines()[-1]}")
     text = plan_path.read_text()
     plan = yaml.safe_load(text)
     log.info("%s: planned in %.1f s: %s", name, planned.wall_s, plan_summary(plan))
     sets = [a for o in OVERRIDES.get(name, []) for a in ("--set", o)]
     trained = run_measured([*DELINEO, "train", str(plan_path), "--fold", "0", "--runs", str(out / "runs"),
                             "--no-evaluate", "--db", "off", *sets], env)
+    (out / "train.log").write_text(trained.output)
     if trained.rc:
-        raise SystemExit(f"{name}: delineo train failed:\n{trained.output[-3000:]}")
+        raise RuntimeError(f"delineo train failed: {trained.output.strip().splitlines()[-1]}")
     run_dir = out / "runs" / name / "fold_0"
     fig = read_run(run_dir, trained.output)
-    evaluated = run_measured([*DELINEO, "evaluate", str(run_dir), "-q"], env)
+    evaluated = run_measured([*DELINEO, "evaluate", str(run_dir), "-q"], env) if evaluate else None
     budget_s = minutes * 60
     row = {"dataset": name, "plan": plan_summary(plan), "budget_s": budget_s, "plan_s": planned.wall_s,
-           "wall_s": trained.wall_s, "setup_s": fig.setup_s, "counted_s": fig.counted_s,
+           "wall_s": trained.wall_s, "cpu_s": trained.cpu_s, "setup_s": fig.setup_s, "counted_s": fig.counted_s,
            "last_validation_s": fig.last_validation_s,
            "after_s": trained.wall_s - fig.counted_s - (fig.setup_s or 0.0), "within": within_budget(fig, budget_s),
            "iterations": fig.iterations, "epochs": fig.epochs, "planned": planned_steps(text),
            "step_s": fig.step_s, "best_dice": fig.best_dice, "last_dice": fig.last_dice,
-           "peak_mb": trained.peak_mb, "evaluate_s": evaluated.wall_s, "evaluate_rc": evaluated.rc}
+           "peak_mb": trained.peak_mb, "evaluate_s": evaluated.wall_s if evaluated else None}
     log.info("%s: %s", name, json.dumps(row))
     return row
 
@@ -258,6 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--minutes", type=float, default=5.0, help="the budget of every plan (default 5)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/delineo_plans_trained"), help="output folder")
     ap.add_argument("--only", default=None, help="comma-separated dataset names")
+    ap.add_argument("--evaluate", action="store_true", help="also time `delineo evaluate RUN` after training")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -269,9 +277,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "hippocampus-4mm" in names:
         anisotropic_copy(SHARED / "hippocampus", sets["hippocampus-4mm"])
     load_before = os.getloadavg()
-    rows = [bench(n, sets[n], args.work, args.minutes) for n in names]
+    rows = []
+    for n in names:
+        try:
+            rows.append(bench(n, sets[n], args.work, args.minutes, args.evaluate))
+        except RuntimeError as exc:  # one dataset's failure is a row of the table, not the end of the run
+            log.error("%s: %s", n, exc)
+            rows.append({"dataset": n, "error": str(exc), "within": False})
+        (args.work / "rows.json").write_text(json.dumps(rows, indent=1))
     load_after = os.getloadavg()
-    (args.work / "rows.json").write_text(json.dumps(rows, indent=1))
     print(markdown_table(rows))
     print(f"\nLoad average (1, 5, 15 min) before {', '.join(f'{v:.1f}' for v in load_before)}, after "
           f"{', '.join(f'{v:.1f}' for v in load_after)}; {os.cpu_count()} CPUs; torch threads as planned.")

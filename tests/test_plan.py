@@ -44,6 +44,7 @@ def test_thick_slices_give_a_2d_plan_and_ct_gets_a_window(tmp_path):
     assert plan["preprocess"]["spacing"] == [0.8, 0.8, 5.3]  # median, since the slices vary
     window = plan["preprocess"]["intensity"][0]
     assert window["preset"] == "ct" and 100 <= window["window"][0] < 250 and 350 < window["window"][1] <= 500
+    assert plan["data"]["folds"] == 4  # one fold per case: 4 cases cannot fill the usual 5
     # the plan is a valid experiment that trains
     plan["train"].update({"max_minutes": None, "epochs": 1, "iterations_per_epoch": 1, "num_threads": 1})
     plan["data"]["folds"] = 2

@@ -102,7 +102,9 @@ def make_plan(fp: Fingerprint, name: str, data: DataConfig) -> dict[str, Any]:
     * patch: the median extent at the target spacing, shrunk isotropically (in voxels) to the CPU
       budget, rounded to the network divisor;
     * depth: pool while the smallest patch side stays >= 4 voxels (at most 5 levels);
-    * filters from 16 (3D) or 32 (2D), doubling, capped at 256.
+    * filters from 16 (3D) or 32 (2D), doubling, capped at 256;
+    * folds: 5, or one per case when there are fewer (3 cases cannot fill 5 folds, and a plan
+      must train as written).
     """
     spacing = fp.median_spacing
     anisotropy = spacing.max() / max(np.sort(spacing)[1], 1e-6)
@@ -128,7 +130,8 @@ def make_plan(fp: Fingerprint, name: str, data: DataConfig) -> dict[str, Any]:
     needs_resampling = bool(np.any(np.abs(fp.spacings - spacing).max(axis=0) > 0.05 * spacing))
     plan: dict[str, Any] = {
         "name": name,
-        "data": {"source": data.source.model_dump(mode="json", exclude_none=True), "folds": 5, "seed": 0},
+        "data": {"source": data.source.model_dump(mode="json", exclude_none=True),
+                 "folds": int(min(5, max(2, fp.n_cases))), "seed": 0},
         "preprocess": {
             "orientation": "RAS",
             "spacing": [round(float(s), 3) for s in spacing] if needs_resampling else None,
