@@ -475,3 +475,23 @@ def test_explain_one_lesion_uses_that_component_as_the_target(tmp_path, serve_mo
     assert meta.mode == "2d" and meta.axis == 2
     assert set(np.flatnonzero(per_slice)) <= {20, 21, 22} and per_slice[20:23].all()
     assert np.abs(whole[..., 5:11]).max() > 0  # the label-wide map also explains the other lesion
+
+
+def test_diameter_from_surface_voxels_equals_all_voxels():
+    """The structures table measures the diameter on surface voxels only (speed): the same number
+    as the brute-force farthest pair over every voxel, on an irregular blob with anisotropic voxels."""
+    from scipy import ndimage
+    from scipy.spatial.distance import pdist
+
+    from delineo.serve.analysis import components
+
+    rng = np.random.default_rng(3)
+    blob = ndimage.binary_dilation(rng.random((24, 20, 12)) > 0.985, iterations=2)
+    lab, _ = ndimage.label(blob, structure=np.ones((3, 3, 3)))
+    biggest = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
+    affine = np.diag([0.7, 1.3, 2.5, 1.0])
+    affine[:3, 3] = [5.0, -3.0, 1.0]
+    rows = components(biggest.astype(np.uint8), affine, {1: "blob"})
+    points = np.argwhere(biggest) * np.array([0.7, 1.3, 2.5])
+    assert rows[0]["voxels"] == int(biggest.sum()) > 100
+    assert rows[0]["diameter_mm"] == pytest.approx(float(pdist(points).max()), abs=0.01)

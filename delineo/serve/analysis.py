@@ -67,8 +67,14 @@ def components(mask: np.ndarray, affine: np.ndarray, labels: Mapping[int, str], 
             if sizes[idx] < min_voxels:
                 continue
             sl = slices[idx]
-            local = np.argwhere(lab[sl] == idx + 1) + np.array([s.start for s in sl])
-            world = local @ affine[:3, :3].T + affine[:3, 3]
+            inside_box = lab[sl] == idx + 1
+            offset = np.array([s.start for s in sl])
+            local = np.argwhere(inside_box) + offset
+            # the farthest pair of voxel centres are corners of the convex hull, and a voxel with all
+            # six face neighbours in the component is their midpoint, never a corner: the diameter is
+            # found among the surface voxels alone (a liver: ~5% of its voxels, so the hull is cheap)
+            surface = np.argwhere(inside_box & ~ndimage.binary_erosion(inside_box)) + offset
+            world = surface @ affine[:3, :3].T + affine[:3, 3]
             centre_vox = local.mean(axis=0)
             # jump to a voxel inside the component (the centroid of a C-shape may lie outside)
             inside = local[np.argmin(((local - centre_vox) ** 2).sum(axis=1))]

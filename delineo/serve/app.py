@@ -256,7 +256,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         def work(progress):
             progress(0.05, "reading the scan")
-            img = ingest.read_source(ws, sid)
+            img = ingest.read_volume(ws, sid)
             mask = library.segment(entry, img, progress)
             info = ws.create_mask(sid, mask, {"id": entry.id, "name": entry.name,
                                               "labels": {str(k): v for k, v in entry.labels.items()}},
