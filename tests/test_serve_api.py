@@ -495,3 +495,18 @@ def test_diameter_from_surface_voxels_equals_all_voxels():
     points = np.argwhere(biggest) * np.array([0.7, 1.3, 2.5])
     assert rows[0]["voxels"] == int(biggest.sum()) > 100
     assert rows[0]["diameter_mm"] == pytest.approx(float(pdist(points).max()), abs=0.01)
+
+
+def test_boundary_matches_its_definition_voxel_by_voxel():
+    """Contour voxels = labelled voxels with a face neighbour of another value or outside the grid."""
+    from delineo.serve.analysis import boundary
+
+    rng = np.random.default_rng(0)
+    m = ((rng.random((9, 7, 5)) > 0.4) * rng.integers(1, 4, (9, 7, 5))).astype(np.uint8)
+    expected = np.zeros_like(m)
+    for i, j, k in np.argwhere(m):
+        for d in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+            n = (i + d[0], j + d[1], k + d[2])
+            if not all(0 <= n[a] < m.shape[a] for a in range(3)) or m[n] != m[i, j, k]:
+                expected[i, j, k] = m[i, j, k]
+    np.testing.assert_array_equal(boundary(m), expected)

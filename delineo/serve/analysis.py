@@ -58,7 +58,8 @@ def components(mask: np.ndarray, affine: np.ndarray, labels: Mapping[int, str], 
     """One row per connected component (26-connectivity) of each label, largest first per label."""
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     rows: list[dict[str, Any]] = []
-    for value in sorted(int(v) for v in np.unique(mask) if v != 0):
+    present = np.flatnonzero(np.bincount(np.asarray(mask).ravel())) if np.asarray(mask).size else []
+    for value in (int(v) for v in present if v != 0):  # bincount: np.unique would sort every voxel
         lab, sizes, order = _ranked(mask, value)
         if not sizes.size:
             continue
@@ -93,12 +94,16 @@ def components(mask: np.ndarray, affine: np.ndarray, labels: Mapping[int, str], 
 
 def boundary(mask: np.ndarray) -> np.ndarray:
     """The mask's contour voxels: labelled voxels with a 6-neighbour of another value (the
-    grid's edge counts as background). Shown instead of the filled mask in "contours only"."""
+    grid's edge counts as background). Shown instead of the filled mask in "contours only".
+    Neighbours are compared through shifted views, without padded or rolled copies of the volume."""
     m = np.asarray(mask)
-    padded = np.pad(m, 1)
     edge = np.zeros(m.shape, dtype=bool)
-    centre = padded[1:-1, 1:-1, 1:-1]
-    for axis in range(3):
-        for shift in (-1, 1):
-            edge |= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1] != centre
+    for axis in range(m.ndim):
+        lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(m.ndim))
+        hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(m.ndim))
+        differs = m[lo] != m[hi]
+        edge[lo] |= differs
+        edge[hi] |= differs
+        for end in (0, -1):  # outside the grid is background
+            edge[tuple(end if a == axis else slice(None) for a in range(m.ndim))] = True
     return np.where(edge & (m > 0), m, 0).astype(m.dtype)
