@@ -261,7 +261,7 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
         # gives zero gradients, so gradient methods explain nothing here)
         page.select_option("#explain-method", "activation")
         page.click("#explain")
-        page.wait_for_selector("body[data-explained]", timeout=60_000)
+        page.wait_for_selector("body[data-explained]", timeout=240_000)
         page.click("[data-view='multi']")
         wait_js(page, "delineo.nv.opts.sliceType === delineo.nv.sliceTypeMultiplanar", 10)
         settled(page)
@@ -275,8 +275,11 @@ def test_radiologist_workflow(server, hippocampus_dicom_zip, tmp_path):
         # 9. explain one lesion: a structures row's explain button, that component as the target
         first = page.get_attribute("body", "data-explained")
         page.locator("#structures tbody tr").first.locator("[data-explain-lesion]").click()
-        wait_js(page, f"document.body.dataset.explained !== '{first}'", 60)
-        expect(page.locator("#status")).to_contain_text("for lesion #1 of label")
+        # an explanation takes seconds on a quiet machine, a minute or more on a loaded one; a failed
+        # job ends the wait at once (its message is in the status line, which the next check shows)
+        wait_js(page, f"document.body.dataset.explained !== '{first}' || "
+                      "document.querySelector('#status').className === 'error'", 240)
+        expect(page.locator("#status")).to_contain_text("for lesion #1 of label", timeout=1000)
         settled(page)
         shot(page, "09_lesion_explained")
         assert page.evaluate("delineo.nv.volumes.length") == 2  # the label's heat map was replaced
