@@ -106,9 +106,9 @@ def test_spatial_method_on_two_channels_has_one_map(two_channel, tmp_path, capsy
 
 def test_lesion_occlusion_options_equal_their_param_form(two_channel, tmp_path, capsys):
     run, case = two_channel
-    flags = ["--box", "6", "8", "--stride", "4", "--connectivity", "4", "--min-lesion-size", "3", "--label", "1",
+    flags = ["--box", "12", "14", "--stride", "12", "--connectivity", "4", "--min-lesion-size", "3", "--label", "1",
              "--threshold", "0.4"]
-    params = ["--param", "patch=[6,8]", "--param", "stride=4", "--param", "connectivity=4", "--param", "min_size=3",
+    params = ["--param", "patch=[12,14]", "--param", "stride=12", "--param", "connectivity=4", "--param", "min_size=3",
               "--param", "label=1", "--param", "threshold=0.4"]
     maps = []
     for name, extra in (("flags", flags), ("params", params)):
