@@ -23,9 +23,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of the fresh venv's commands: no PYTHONPATH (a checkout on it would be
+    imported instead of the installed wheel), one thread."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
 def _run(cmd: list[str], cwd: Path, timeout: int = 300, **env: str) -> str:
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+                          env=clean_env(**env))
     assert done.returncode == 0, f"{' '.join(map(str, cmd))}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -95,7 +102,7 @@ def test_installed_wheel_runs_from_any_folder(wheel: Path, tmp_path: Path):
                            "--set", "model.filters=[4,8]", "--set", "sampling.batch_size=1",
                            "--set", "sampling.patch_size=[16,16,16]", "--set", "train.max_minutes=null",
                            "--set", "data.max_cases=5"], cwd=work, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env=clean_env())
     assert done.returncode == 0, done.stderr[-3000:]
     assert "using the sample data shipped with Delineo" in done.stderr, done.stderr[-3000:]
     assert (work / "ex_runs" / "hippocampus" / "fold_0" / "checkpoints" / "best.pt").is_file()
