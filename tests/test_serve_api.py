@@ -510,3 +510,18 @@ def test_boundary_matches_its_definition_voxel_by_voxel():
             if not all(0 <= n[a] < m.shape[a] for a in range(3)) or m[n] != m[i, j, k]:
                 expected[i, j, k] = m[i, j, k]
     np.testing.assert_array_equal(boundary(m), expected)
+
+
+def test_truncated_dicom_slice_is_named_not_read_as_a_gap(tmp_path):
+    from .serve_fixtures import dicom_series_from_nifti, zip_folder
+
+    series = dicom_series_from_nifti(CASE, tmp_path / "series")
+    cut = series / "slice017.dcm"
+    cut.write_bytes(cut.read_bytes()[:600])  # a copy interrupted mid-header
+    archive = zip_folder(series, tmp_path / "cut.zip")
+    c = client(tmp_path / "ws")
+    r = c.post("/api/studies", files={"files": ("patient_cut.zip", archive.read_bytes())})
+    detail = r.json()["detail"]
+    assert r.status_code == 400 and "slice017.dcm" in detail and "truncated" in detail, detail
+    assert "spacing" not in detail and "missing" not in detail, detail
+    assert str(tmp_path) not in detail and c.get("/api/studies").json() == []

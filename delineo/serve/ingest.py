@@ -139,7 +139,11 @@ def _without_paths(message: str, ws: Workspace, label: str) -> str:
 def _list_dicom(ws: Workspace, sid: str, folder: Path, label: str) -> dict[str, Any]:
     from delineo.io.dicom import list_series
 
-    infos = [s for s in list_series(folder) if s.is_image]
+    broken: list[str] = []
+    infos = [s for s in list_series(folder, broken=broken) if s.is_image]
+    if broken:  # a cut or damaged slice: refuse it by name, as `read_dicom_series` does
+        more = f" ({len(broken) - 1} more such file(s))" if len(broken) > 1 else ""
+        raise InputError(broken[0].rstrip(".") + f"{more}; remove or replace it and upload the series again.")
     if not infos:
         raise InputError(f"{label}: no DICOM image series found in the upload.")
     series = [{"uid": s.uid, "number": s.number, "modality": s.modality, "description": s.description,
