@@ -19,8 +19,9 @@ own process on one thread with the same budget ``--minutes``:
   No slice of this data set is empty (all 4.5-6.6 bits), so the default 2.0 would keep them all.
 
 Each model (one ``segment`` stage, ``delineo pipeline build``) is scored on each held-out study
-by ``delineo evaluate MODEL DATASET --cases ID`` (lesions on, full connectivity, any-overlap
-detection). Printed: the entropy rule and threshold, the slices each filter kept, training
+by ``delineo evaluate MODEL DATASET --cases ID``; that mode writes no lesion table, so the
+written prediction is scored again by ``delineo evaluate PRED_DIR REF_DIR`` (lesions on, full
+connectivity, any-overlap detection: ``metrics/lesions.csv``). Printed: the entropy rule and threshold, the slices each filter kept, training
 figures, per-study Dice / HD95 / lesion counts / volumes, lesion F1 and false positives per study,
 lesion recall and precision by size bracket (the default voxel brackets and the same edges in ml),
 and a summary of the lesion-table rows (``metrics/lesions.csv``); the joined table is written to
@@ -200,8 +201,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             voxel_ml.append(float(np.prod(spacing)) / 1000)
             rows.setdefault(titles[v], []).append(
                 study_row(cid, np.asarray(pred_img.dataobj), np.asarray(ref_img.dataobj) == 1, spacing, seconds, peak))
-            cases.setdefault(titles[v], []).extend(csv.DictReader(open(out / "metrics" / "cases.csv")))
-            tables.setdefault(titles[v], []).extend(read_lesion_table(out / "metrics" / "lesions.csv"))
+            # `evaluate MODEL DATASET` writes no lesion table: score the written prediction again in
+            # folder mode (`delineo evaluate PRED_DIR REF_DIR`), which does, against this study's reference only
+            ref_dir = out / "reference"
+            ref_dir.mkdir(exist_ok=True)
+            if not (ref_dir / f"{cid}.nii.gz").exists():
+                (ref_dir / f"{cid}.nii.gz").symlink_to((args.data / "labelsTr" / f"{cid}.nii.gz").resolve())
+            run_measured([*DELINEO, "-q", "evaluate", str(out / "predictions"), str(ref_dir),
+                          "--out", str(out / "lesions")])
+            lesion_rows = read_lesion_table(out / "lesions" / "metrics" / "lesions.csv")
+            cases.setdefault(titles[v], []).extend(csv.DictReader(open(out / "lesions" / "metrics" / "cases.csv")))
+            tables.setdefault(titles[v], []).extend(lesion_rows)
     with open(args.out / "lesions.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["model", *next(iter(tables.values()))[0].keys()])
         writer.writeheader()
@@ -213,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{', '.join(sorted({c.split('_')[0] for c in test_ids}))} ({len(test_ids)} studies)")
     print(f"split: fold {FOLD} trains {', '.join(split['folds'][FOLD]['train'])}, validates "
           f"{', '.join(split['folds'][FOLD]['val'])}; both models {args.minutes:g} min, trained at once, "
-          f"one thread each ({t_train / 60:.1f} min wall)")
+          f"one thread each" + (f" ({t_train / 60:.1f} min wall)" if procs else " (reused runs)"))
     print(f"entropy rule: lowest entropy of a training tumour slice ({min(fg_e):.2f} bits, original grid, "
           f"256 bins, channel 0) minus {args.margin:g} bit, rounded down to 0.05: threshold {threshold:g} bits. "
           f"Training slices' entropy {min(float(r['entropy_bits']) for r in train_profile):.2f}-"
