@@ -29,6 +29,9 @@ import torch
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "auto")
+#: part of the cache key: verdicts of the wall-clock probe (version 1) could hold a shared
+#: machine's load, so they are probed again
+PROBE_VERSION = 2
 _MEMO: dict[str, str] = {}
 
 
@@ -68,7 +71,7 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
 
 def _key(device: torch.device, what: str) -> str:
     raw = f"{device.type}|{cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}|" \
-          f"{torch.__version__}|{torch.get_num_threads()}|{what}"
+          f"{torch.__version__}|{torch.get_num_threads()}|{what}|{PROBE_VERSION}"
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -92,13 +95,24 @@ def _write_disk(key: str, verdict: dict) -> None:
 
 
 def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Fastest of ``repeats`` timed calls after one warm-up call (oneDNN builds kernels on first use)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    """Fastest of ``repeats`` timed calls after one warm-up call (oneDNN builds kernels on first use),
+    on one thread, in CPU seconds when they are fewer than wall seconds.
+
+    On a shared CPU the wall clock measures the other users too: a probe that ran while they had
+    the cores would pick fp32 and cache that verdict for the machine. The CPU time of one thread
+    counts only the work itself (several threads' CPU time would count their spin-waiting), and
+    fp32 and bf16 are compared at the same thread count, so their ratio holds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = float("inf")
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            best = min(best, time.perf_counter() - t0, time.process_time() - c0)
+    finally:
+        torch.set_num_threads(threads)
     return best
 
 

@@ -111,3 +111,20 @@ def test_auto_on_a_real_network_picks_a_precision_and_records_its_probe(tmp_path
     assert record["precision"] == choice
     assert record["agreement"] > 0.95  # bf16 changes few labels of even an untrained net
     assert (choice == "bf16") == (record["fp32_s"] / record["bf16_s"] >= 1.1 and record["agreement"] >= 0.99)
+
+
+def test_probe_time_counts_the_work_not_the_other_users():
+    """A call that waits (as a probe does while other users hold the cores) costs no CPU: the probe's
+    time is the work's; a call that works costs about its work, whatever the thread count."""
+    import time as _time
+
+    threads = torch.get_num_threads()
+    assert mixed.best_time(lambda: _time.sleep(0.2), repeats=2) < 0.05
+
+    def work() -> None:
+        c0 = _time.process_time()
+        while _time.process_time() - c0 < 0.1:
+            pass
+
+    assert 0.09 <= mixed.best_time(work, repeats=2) < 0.3
+    assert torch.get_num_threads() == threads  # the probe's single thread is given back
