@@ -311,7 +311,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.references is None:
             raise DelineoError(f"{args.target}: give the dataset to score it on: delineo evaluate MODEL.delineo DATASET.")
         out = args.out or Path(args.target).with_suffix("").with_name(Path(args.target).stem + "_evaluation")
-        s = evaluate_pipeline(args.target, args.references, out, args.cases, progress=not args.quiet)
+        s = evaluate_pipeline(args.target, args.references, out, args.cases, progress=not args.quiet,
+                              options={"aggregate": args.aggregate, "lesions": args.lesions, "hd95": args.hd95})
         print(f"{args.target}: mean Dice {s['mean_dice']:.4f} over {s['n_cases']} cases, "
               f"{s['seconds_per_case']:.2f} s per case; metrics in {out / 'metrics'}")
         return 0

@@ -213,6 +213,26 @@ def test_build_info_predict_round_trip(phantom_runs: Path, tmp_path: Path, capsy
         ref = read_image(phantom_runs / "data" / "labelsTr" / f"{cid}.nii.gz").array
         dices.append(2 * np.sum((pred == 1) & (ref == 1)) / max(1, np.sum(pred == 1) + np.sum(ref == 1)))
     assert summary["labels"]["one"]["dice"]["mean"] == pytest.approx(np.mean(dices), abs=1e-6)
+    # lesions as for a run: one row per reference and per predicted component (full connectivity)
+    from scipy import ndimage
+
+    from delineo.evaluate.lesions import read_lesion_table
+
+    table = read_lesion_table(ev / "metrics" / "lesions.csv")
+    for cid in ("ph_000", "ph_003"):
+        pred = read_image(ev / "predictions" / f"{cid}.nii.gz").array
+        ref = read_image(phantom_runs / "data" / "labelsTr" / f"{cid}.nii.gz").array
+        for side, arr in (("reference", ref), ("prediction", pred)):
+            for value, name in ((1, "one"), (2, "two")):
+                comps, n = ndimage.label(arr == value, structure=np.ones((3, 3, 3)))
+                mine = sorted(r["voxels"] for r in table if r["case"] == cid and r["side"] == side
+                              and r["label"] == name)
+                assert mine == sorted(np.bincount(comps.ravel())[1:].tolist()), (cid, side, name)
+    assert "lesions" in summary
+    ev_off = tmp_path / "ev_off"
+    assert main(["-q", "evaluate", str(path), str(phantom_runs / "data"), "--cases", "ph_000",
+                 "--lesions", "off", "--out", str(ev_off)]) == 0
+    assert not (ev_off / "metrics" / "lesions.csv").exists()
 
 
 def _rewrite(src: Path, dst: Path, change) -> None:
