@@ -101,7 +101,7 @@ def test_predict_one_case_is_fast(trained: Path, tmp_path: Path):
 
 
 def weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["model_state"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model_state"]
 
 
 def test_kill_9_mid_epoch_then_resume_gives_identical_weights(tmp_path: Path):
@@ -121,7 +121,7 @@ def test_kill_9_mid_epoch_then_resume_gives_identical_weights(tmp_path: Path):
     time.sleep(0.3)  # into the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    epoch_at_kill = torch.load(last, weights_only=False)["state"]["epoch"]
+    epoch_at_kill = torch.load(last, weights_only=True)["state"]["epoch"]
     assert 1 <= epoch_at_kill < 4, "the kill should land mid-run"
     rerun = cli("train", str(tmp_path / "exp.yaml"), "--runs", str(tmp_path / "cut"), "-q")
     assert rerun.returncode == 2 and "--resume" in rerun.stderr  # refuses to overwrite

@@ -18,6 +18,7 @@ Mirrors are looked up by name in a registry (:func:`register_mirror`); the built
 from __future__ import annotations
 
 import importlib.util
+from abc import ABC, abstractmethod
 import json
 import logging
 import re
@@ -50,7 +51,7 @@ class MirrorContext:
     options: dict[str, Any] = field(default_factory=dict)  # the experiment's ``track`` section
 
 
-class Mirror:
+class Mirror(ABC):
     """One tracker that receives a copy. Subclasses set ``name`` and ``module`` (the package whose
     absence turns the mirror off) and implement the four calls, which run on the mirror's own
     thread in this order: ``__init__`` (open or continue the run), ``params`` once, ``epoch``
@@ -67,20 +68,22 @@ class Mirror:
         """Where the copy of session ``ctx`` goes, for messages (known before the mirror opens)."""
         return ""
 
+    @abstractmethod
     def params(self, flat: dict[str, str]) -> None:
-        raise NotImplementedError
+        """One backend's write; see the registry."""
 
+    @abstractmethod
     def epoch(self, epoch: int, metrics: dict[str, float], wall: float) -> None:
-        raise NotImplementedError
+        """One backend's write; see the registry."""
 
+    @abstractmethod
     def evaluation(self, metrics: dict[str, float], step: int, tags: dict[str, str]) -> None:
         """The evaluation summary after training (``eval.*`` metrics at the last epoch) and the
         report's path; the run's status is left as the training set it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def finish(self, status: Optional[str], tags: dict[str, str]) -> None:
         """The end of the session (status None: an evaluation that leaves the status alone)."""
-        raise NotImplementedError
 
 
 def register_mirror(cls: type[Mirror]) -> type[Mirror]:
