@@ -19,8 +19,7 @@ own process on one thread with the same budget ``--minutes``:
   No slice of this data set is empty (all 4.5-6.6 bits), so the default 2.0 would keep them all.
 
 Each model (one ``segment`` stage, ``delineo pipeline build``) is scored on each held-out study
-by ``delineo evaluate MODEL DATASET --cases ID``; that mode writes no lesion table, so the
-written prediction is scored again by ``delineo evaluate PRED_DIR REF_DIR`` (lesions on, full
+by ``delineo evaluate MODEL DATASET --cases ID``, which scores like a run (lesions on, full
 connectivity, any-overlap detection: ``metrics/lesions.csv``). Printed: the entropy rule and threshold, the slices each filter kept, training
 figures, per-study Dice / HD95 / lesion counts / volumes, lesion F1 and false positives per study,
 lesion recall and precision by size bracket (the default voxel brackets and the same edges in ml),
@@ -48,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_brain_tumour import (  # noqa: E402  (a sibling benchmark, not a package)
-    DELINEO, LEARNS, ROOT, SETUP, _fmt, comparison_table, fold_summary, run_measured, study_row)
+    DELINEO, LEARNS, ROOT, SETUP, _fmt, comparison_table, evaluate_study, fold_summary, run_measured)
 
 log = logging.getLogger("lesions_brain_tumour")
 FOLD = 1  # trains on pgbm008, validates on pgbm006 (pipeline_brain_tumour's default)
@@ -192,26 +191,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_measured([*DELINEO, "-q", "pipeline", "build", str(spec), "--out", str(model), "--device", "cpu"])
         for cid in test_ids:
             out = args.out / f"eval_{v}_{cid}"
-            _, peak = run_measured([*DELINEO, "-q", "evaluate", str(model), str(args.data), "--cases", cid,
-                                    "--out", str(out)])
-            seconds = json.loads((out / "metrics" / "summary.json").read_text())["seconds_per_case"]
-            pred_img = nib.load(out / "predictions" / f"{cid}.nii.gz")
+            row, _ = evaluate_study(model, args.data, cid, out)
+            rows.setdefault(titles[v], []).append(row)
             ref_img = nib.load(args.data / "labelsTr" / f"{cid}.nii.gz")
-            spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
-            voxel_ml.append(float(np.prod(spacing)) / 1000)
-            rows.setdefault(titles[v], []).append(
-                study_row(cid, np.asarray(pred_img.dataobj), np.asarray(ref_img.dataobj) == 1, spacing, seconds, peak))
-            # `evaluate MODEL DATASET` writes no lesion table: score the written prediction again in
-            # folder mode (`delineo evaluate PRED_DIR REF_DIR`), which does, against this study's reference only
-            ref_dir = out / "reference"
-            ref_dir.mkdir(exist_ok=True)
-            if not (ref_dir / f"{cid}.nii.gz").exists():
-                (ref_dir / f"{cid}.nii.gz").symlink_to((args.data / "labelsTr" / f"{cid}.nii.gz").resolve())
-            run_measured([*DELINEO, "-q", "evaluate", str(out / "predictions"), str(ref_dir),
-                          "--out", str(out / "lesions")])
-            lesion_rows = read_lesion_table(out / "lesions" / "metrics" / "lesions.csv")
-            cases.setdefault(titles[v], []).extend(csv.DictReader(open(out / "lesions" / "metrics" / "cases.csv")))
-            tables.setdefault(titles[v], []).extend(lesion_rows)
+            voxel_ml.append(float(np.prod(ref_img.header.get_zooms()[:3])) / 1000)
+            # `evaluate MODEL DATASET` scores like a run: its lesion table is under out/metrics
+            cases.setdefault(titles[v], []).extend(csv.DictReader(open(out / "metrics" / "cases.csv")))
+            tables.setdefault(titles[v], []).extend(read_lesion_table(out / "metrics" / "lesions.csv"))
     with open(args.out / "lesions.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["model", *next(iter(tables.values()))[0].keys()])
         writer.writeheader()

@@ -164,6 +164,20 @@ def run_measured(cmd: list[str]) -> tuple[str, float]:
     return out, usage.ru_maxrss / 1024
 
 
+def evaluate_study(model: Path, data: Path, cid: str, out: Path) -> tuple[dict[str, Any], float]:
+    """`delineo evaluate MODEL DATASET --cases CID` in its own process: (study_row of the written
+    prediction, peak RSS MB); its metrics (cases.csv, lesions.csv) stay under ``out/metrics``."""
+    import nibabel as nib
+
+    _, peak = run_measured([*DELINEO, "-q", "evaluate", str(model), str(data), "--cases", cid, "--out", str(out)])
+    seconds = json.loads((out / "metrics" / "summary.json").read_text())["seconds_per_case"]
+    pred_img = nib.load(out / "predictions" / f"{cid}.nii.gz")
+    ref_img = nib.load(data / "labelsTr" / f"{cid}.nii.gz")
+    spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
+    row = study_row(cid, np.asarray(pred_img.dataobj), np.asarray(ref_img.dataobj) == 1, spacing, seconds, peak)
+    return row, peak
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "brain-tumour-pgbm")
@@ -218,15 +232,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     titles = {"plain": "without post-processing", "post": "with chosen post-processing"}
     for name, model in models.items():
         for cid in test_ids:
-            out = args.out / f"eval_{name}_{cid}"
-            _, peak = run_measured([*DELINEO, "-q", "evaluate", str(model), str(args.data), "--cases", cid,
-                                    "--out", str(out)])
-            seconds = json.loads((out / "metrics" / "summary.json").read_text())["seconds_per_case"]
-            pred_img = nib.load(out / "predictions" / f"{cid}.nii.gz")
-            ref_img = nib.load(args.data / "labelsTr" / f"{cid}.nii.gz")
-            spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
-            rows.setdefault(titles[name], []).append(
-                study_row(cid, np.asarray(pred_img.dataobj), np.asarray(ref_img.dataobj) == 1, spacing, seconds, peak))
+            row, _ = evaluate_study(model, args.data, cid, args.out / f"eval_{name}_{cid}")
+            rows.setdefault(titles[name], []).append(row)
 
     post = Pipeline.load(models["post"], "cpu")
     print(f"\n== brain-tumour-pgbm, 2D tumour model {'+'.join(f'fold {k}' for k in folds)}; test patient "
