@@ -36,8 +36,9 @@ class RunBuildContext(BuildContext):
     """Validation cases from the members' own dataset and splits (``cases.json`` of each run)."""
 
     def __init__(self, base_dir: Path, device: torch.device, max_cases: Optional[int] = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, source: str = "pipeline") -> None:
         self.base_dir, self.device, self.max_cases, self.progress = base_dir, device, max_cases, progress
+        self.source = source
         self.built: list[Stage] = []
         self.tables: dict[str, Any] = {}
         self._datasets: dict[str, Any] = {}
@@ -105,7 +106,7 @@ def build_pipeline(path: str | Path, out: str | Path, device: str = "auto", max_
     path = Path(path)
     cfg, sections = load_pipeline_config(path)
     dev = pick_device(device if device != "auto" else cfg.build.device)
-    ctx = RunBuildContext(path.parent.resolve(), dev, max_cases or cfg.build.max_cases, progress)
+    ctx = RunBuildContext(path.parent.resolve(), dev, max_cases or cfg.build.max_cases, progress, str(path))
     t0 = time.perf_counter()
     for raw, section in zip(cfg.stages, sections):
         cls = stage_class(str(raw["kind"]))

@@ -5,7 +5,8 @@ probabilities are averaged). Members are combined on the input grid, so they may
 preprocessing. Combination rules (``combine``):
 
 - ``mean``: the average of the members' probabilities.
-- ``weighted_mean``: the average weighted by each member's ``weight`` (normalised to sum 1).
+- ``weighted_mean``: the average weighted by each member's ``weight`` (normalised to sum 1);
+  with ``weights: search`` the weights are chosen at build time instead (below).
 - ``vote``: each member votes for its arg-max label; a voxel takes the label with the most
   votes. **Tie rule**: among the labels tied on votes, the one with the highest mean probability
   over all members wins; if those are exactly equal too, the smallest label value wins
@@ -18,13 +19,29 @@ Test-time augmentation (``tta``) flips along volume axes and, in 2D, rotates by 
 each member uses only what it was trained on (``delineo.infer.pipeline.tta``). ``flip:
 search`` / ``rot90: search`` try every subset on the out-of-fold cases and keep the one with
 the highest mean per-case Dice; a larger set must beat a smaller one by more than 1e-4.
+
+Weight search (``combine: weighted_mean`` with ``weights: search``, :func:`search_weights`)
+    runs on the same out-of-fold cases and the same cached member probabilities as the TTA
+    search (no second network pass), after the TTA is chosen (the TTA candidates are scored
+    with equal weights). Every member gets a multiplier from ``{0, 0.5, 1, 2}``; the weights
+    are the multipliers divided by their sum. Coordinate search: start from all 1 (equal
+    weights, the mean); in each sweep, for each member in turn, try its other multipliers with
+    the others fixed and move to the best one if it raises the mean per-case Dice (the mean over
+    labels of each case's Dice, then over cases) by more than 1e-4; stop after a sweep without a
+    move (at most 10 sweeps). Ties therefore keep equal weights, and the chosen weights never
+    score below the mean on the search cases. The cases must be out of fold for every member
+    (a case is used only where each member has a fold that did not train on it); members
+    without such a case in common are an error naming the pipeline file. The chosen weights
+    and the table of every weighting tried (weights -> mean Dice) are stored in the pipeline
+    and shown by ``delineo info``. Search cases are kept in memory with each TTA candidate's
+    member probabilities (bound their number with ``build.max_cases``).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,6 +60,10 @@ from delineo.preprocess.pipeline import GeometryRecord, preprocess, restore
 log = logging.getLogger(__name__)
 
 COMBINE = ("mean", "weighted_mean", "vote", "fusion")
+#: per-member multipliers tried by the weight search (weights = multipliers / their sum)
+MULTIPLIERS = (0.0, 0.5, 1.0, 2.0)
+#: a search candidate must beat the current choice by more than this mean Dice
+TOLERANCE = 1e-4
 
 
 class MemberConfig(Strict):
@@ -68,6 +89,8 @@ class SegmentConfig(Strict):
     runs: Optional[list[str]] = Field(None, description="one member made of these runs")
     members: Optional[list[MemberConfig]] = None
     combine: Literal["mean", "weighted_mean", "vote", "fusion"] = "mean"
+    weights: Literal["given", "search"] = Field(
+        "given", description="weighted_mean: each member's weight as given, or searched on out-of-fold cases")
     tta: TTAConfig = TTAConfig()
     fusion_steps: int = Field(300, ge=1, description="optimiser steps of the learned fusion")
 
@@ -78,6 +101,15 @@ class SegmentConfig(Strict):
         n = len(self.members or [1])
         if self.combine in ("vote", "fusion") and n < 2:
             raise ValueError(f"combine: {self.combine} needs at least 2 members")
+        if self.weights == "search":
+            if self.combine != "weighted_mean":
+                raise ValueError(f"weights: search needs combine: weighted_mean, not {self.combine}")
+            if n < 2:
+                raise ValueError("weights: search needs at least 2 members")
+            given = [m.name or f"member{i}" for i, m in enumerate(self.members or []) if "weight" in m.model_fields_set]
+            if given:
+                raise ValueError(f"weights: search chooses every member's weight, so remove weight from "
+                                 f"{', '.join(given)}")
         return self
 
 
@@ -170,9 +202,7 @@ class SegmentStage(Stage):
         if self.combine == "mean":
             return np.mean(member_probs, axis=0).astype(np.float32), None
         if self.combine == "weighted_mean":
-            w = np.asarray(self.weights, dtype=np.float64)
-            w = w / w.sum()
-            return np.tensordot(w, np.stack(member_probs), axes=1).astype(np.float32), None
+            return weighted_mean(np.stack(member_probs), self.weights), None
         if self.combine == "vote":
             return vote(member_probs, values)
         return fuse(member_probs, self.fusion), None
@@ -253,12 +283,14 @@ class SegmentStage(Stage):
         tta: dict[str, Any] = {"flip": [] if config.tta.flip == "search" else list(config.tta.flip),
                                "rot90": False if config.tta.rot90 == "search" else bool(config.tta.rot90)}
         stage = cls(name, members, config.combine, weights, tta)
-        if config.tta.flip == "search" or config.tta.rot90 == "search" or config.combine == "fusion":
+        if (config.tta.flip == "search" or config.tta.rot90 == "search" or config.combine == "fusion"
+                or config.weights == "search"):
             stage._search(config, ctx)
         return stage
 
     def _search(self, config: SegmentConfig, ctx: BuildContext) -> None:
-        """Choose TTA on out-of-fold cases (per-case Dice of the mean), then train the fusion."""
+        """Choose TTA on out-of-fold cases (per-case Dice of the combined members), then train the
+        fusion or search the weights on the chosen TTA's cached member probabilities."""
         flip_union = sorted({a for m in self.members for a in trained_flip_axes(m.cfg, m.meta)})
         rot_any = any(trained_rot_plane(m.cfg, m.meta) is not None for m in self.members)
         flip_cands = ([list(c) for r in range(len(flip_union) + 1) for c in itertools.combinations(flip_union, r)]
@@ -266,9 +298,16 @@ class SegmentStage(Stage):
         rot_cands = ([False, True] if rot_any else [False]) if config.tta.rot90 == "search" else [self.tta["rot90"]]
         cands = [(f, r) for r in rot_cands for f in flip_cands]
         cases = list(ctx.validation_cases(self.members, self.labels))
+        source = getattr(ctx, "source", "pipeline")
+        if not cases and config.weights == "search":
+            raise ConfigError(f"{source}: stage {self.name}: members {', '.join(m.name for m in self.members)} have "
+                              "no out-of-fold case in common (each case trained at least one of them, or is in no "
+                              "fold's validation list), so their weights cannot be searched; train them on the "
+                              "same folds or give each member a weight.")
         if not cases:
-            raise ConfigError(f"stage {self.name}: no out-of-fold validation cases to search on (every case was "
-                              "used to train some member, or the runs have no cases.json).")
+            raise ConfigError(f"{source}: stage {self.name}: no out-of-fold validation cases to search on (every "
+                              "case was used to train some member, or the runs have no cases.json).")
+        keep = self.combine == "fusion" or config.weights == "search"
         opts = RunOptions(device=ctx.device)
         values = list(self._labels)
         scores = {i: [] for i in range(len(cands))}
@@ -277,6 +316,7 @@ class SegmentStage(Stage):
         full_rot = rot_any if config.tta.rot90 == "search" else bool(self.tta["rot90"])
         from delineo.evaluate.metrics import score_case
 
+        thresholds = self.default_thresholds()
         for vc in cases:
             prepared = PreparedCase(vc.case.images)
             # per member and augmentation: out-of-fold probabilities on the preprocessed grid
@@ -292,18 +332,20 @@ class SegmentStage(Stage):
                     got[aug] = acc / len(vc.folds[i])
                 per_aug.append(got)
             case_oof = None
+            restored: dict[tuple[int, tuple[Augmentation, ...]], np.ndarray] = {}  # shared across candidates
             for ci, (flip, rot) in enumerate(cands):
                 mp = []
                 for i, m in enumerate(self.members):
                     _, rec = prepared.get(m)
-                    wanted = augmentations(m.cfg, m.meta, flip, rot)
-                    mp.append(two_channel(restore(np.mean([per_aug[i][a] for a in wanted], axis=0), rec,
-                                                  probabilities=True)))
+                    wanted = tuple(augmentations(m.cfg, m.meta, flip, rot))
+                    if (i, wanted) not in restored:
+                        restored[(i, wanted)] = two_channel(restore(np.mean([per_aug[i][a] for a in wanted], axis=0),
+                                                                    rec, probabilities=True))
+                    mp.append(restored[(i, wanted)])
                 probs = np.mean(mp, axis=0) if self.combine != "weighted_mean" else self.combine_probs(mp)[0]
-                seg = mask_from_probs(probs, values, self.default_thresholds())
-                s = score_case(seg, vc.reference, vc.spacing, self.labels)
-                scores[ci].append(float(np.mean([s[n]["dice"] for n in self.labels.values()])))
-                if self.combine == "fusion":  # kept for training the fusion once TTA is chosen
+                seg = mask_from_probs(probs, values, thresholds)
+                scores[ci].append(mean_dice(seg, vc.reference, values))
+                if keep:  # kept for the fusion or the weight search once TTA is chosen
                     case_oof = case_oof if case_oof is not None else {}
                     case_oof[ci] = mp
             if case_oof is not None:
@@ -322,6 +364,14 @@ class SegmentStage(Stage):
             ctx.record(self.name, "tta", table)
             log.info("stage %s: TTA %s chosen (%s)", self.name, table[best]["candidate"],
                      ", ".join(f"{r['candidate']} {r['dice']:.4f}" for r in table))
+        if config.weights == "search":
+            member_probs = [case_oof[best] for case_oof in oof]
+            self.weights, rows = search_weights(member_probs, [vc.reference for vc in cases], values, thresholds)
+            self.tables["weights"] = rows
+            ctx.record(self.name, "weights", rows)
+            chosen = next(r for r in rows if r["chosen"])
+            log.info("stage %s: member weights %s chosen on %d case(s), mean Dice %.4f (equal weights %.4f)",
+                     self.name, chosen["candidate"], len(cases), chosen["dice"], rows[0]["dice"])
         if self.combine == "fusion":
             member_probs = [case_oof[best] for case_oof in oof]
             self.fusion = train_fusion(member_probs, [vc.reference for vc in cases], values, config.fusion_steps)
@@ -340,6 +390,81 @@ class SegmentStage(Stage):
                 rows.append({"candidate": f"member {m.name}", "dice": float(np.mean(per)), "n_cases": len(per)})
             self.tables["fusion"] = rows
             ctx.record(self.name, "fusion", rows)
+
+
+def weighted_mean(stack: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """(M, K, *S) member probabilities -> (K, *S) float32, weighted by ``weights`` normalised to
+    sum 1; prediction and the weight search both use it, so the search scores what is predicted."""
+    w = np.asarray(weights, dtype=np.float64)
+    return np.tensordot(w / w.sum(), stack, axes=1).astype(np.float32)
+
+
+def mean_dice(seg: np.ndarray, reference: np.ndarray, values: Sequence[int]) -> float:
+    """Mean over ``values`` of the Dice of ``seg == v`` against ``reference == v``, with both
+    empty = 1 and one empty = 0: the Dice of :func:`delineo.evaluate.metrics.score_case`,
+    without the surface distances a search does not need."""
+    out = []
+    for v in values:
+        a, b = seg == v, reference == v
+        sa, sb = int(np.count_nonzero(a)), int(np.count_nonzero(b))
+        out.append(1.0 if sa + sb == 0 else 2.0 * int(np.count_nonzero(a & b)) / (sa + sb))
+    return float(np.mean(out))
+
+
+def search_weights(member_probs: list[list[np.ndarray]], references: list[np.ndarray], values: list[int],
+                   thresholds: Optional[dict[int, float]] = None, max_sweeps: int = 10,
+                   ) -> tuple[list[float], list[dict[str, Any]]]:
+    """Choose ``weighted_mean`` weights on out-of-fold cases: (weights summing to 1, table).
+
+    ``member_probs`` is cases x members x (1 + L, *S) probabilities (each case's out-of-fold
+    prediction by every member), ``references`` the label maps. The rule is the module
+    docstring's: a coordinate search over per-member multipliers :data:`MULTIPLIERS`
+    (normalised to sum 1), starting from equal weights, moving only on a gain of more than
+    :data:`TOLERANCE` in mean per-case Dice, so ties keep equal weights and the result never
+    scores below the mean on these cases. The table has one row per distinct weighting tried,
+    in the order tried (the first is equal weights), with ``chosen`` marking the result.
+    """
+    m = len(member_probs[0])
+    if m < 2 or any(len(mp) != m for mp in member_probs):
+        raise ConfigError("the weight search needs the same 2 or more members' probabilities for every case.")
+    stacks = [np.stack(mp).astype(np.float32, copy=False) for mp in member_probs]
+    tried: dict[tuple[float, ...], dict[str, Any]] = {}
+
+    def normalise(mult: tuple[float, ...]) -> tuple[float, ...]:
+        total = sum(mult)
+        return tuple(round(x / total, 9) for x in mult)
+
+    def score(mult: tuple[float, ...]) -> float:
+        w = normalise(mult)
+        if w not in tried:
+            dices = []
+            for stack, ref in zip(stacks, references):
+                probs = weighted_mean(stack, w)
+                dices.append(mean_dice(mask_from_probs(probs, values, thresholds), ref, values))
+            tried[w] = {"candidate": "weights " + "/".join(f"{x:.2f}" for x in w), "weights": list(w),
+                        "dice": float(np.mean(dices)), "n_cases": len(dices), "chosen": False}
+        return tried[w]["dice"]
+
+    current = (1.0,) * m
+    best = score(current)
+    for _ in range(max_sweeps):
+        moved = False
+        for i in range(m):
+            pick, pick_score = current, best
+            for g in MULTIPLIERS:
+                cand = current[:i] + (g,) + current[i + 1:]
+                if cand == current or sum(cand) == 0:
+                    continue
+                d = score(cand)
+                if d > pick_score + TOLERANCE:
+                    pick, pick_score = cand, d
+            if pick != current:
+                current, best, moved = pick, pick_score, True
+        if not moved:
+            break
+    chosen = normalise(current)
+    tried[chosen]["chosen"] = True
+    return list(chosen), list(tried.values())
 
 
 def vote(member_probs: list[np.ndarray], values: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -131,6 +131,7 @@ class BuildContext(ABC):
     built: list["Stage"] = []  # the stages built so far, in order (set by the implementation)
     base_dir: Path = Path(".")  # run paths in the pipeline file are relative to its folder
     max_cases: Optional[int] = None  # bound on validation cases per search (CPU time)
+    source: str = "pipeline"  # the pipeline file, named in build errors
 
 
 class Stage(ABC):
