@@ -20,21 +20,21 @@ each member uses only what it was trained on (``delineo.infer.pipeline.tta``). `
 search`` / ``rot90: search`` try every subset on the out-of-fold cases and keep the one with
 the highest mean per-case Dice; a larger set must beat a smaller one by more than 1e-4.
 
-Weight search (``combine: weighted_mean`` with ``weights: search``, :func:`search_weights`)
-    runs on the same out-of-fold cases and the same cached member probabilities as the TTA
-    search (no second network pass), after the TTA is chosen (the TTA candidates are scored
-    with equal weights). Every member gets a multiplier from ``{0, 0.5, 1, 2}``; the weights
-    are the multipliers divided by their sum. Coordinate search: start from all 1 (equal
-    weights, the mean); in each sweep, for each member in turn, try its other multipliers with
-    the others fixed and move to the best one if it raises the mean per-case Dice (the mean over
-    labels of each case's Dice, then over cases) by more than 1e-4; stop after a sweep without a
-    move (at most 10 sweeps). Ties therefore keep equal weights, and the chosen weights never
-    score below the mean on the search cases. The cases must be out of fold for every member
-    (a case is used only where each member has a fold that did not train on it); members
-    without such a case in common are an error naming the pipeline file. The chosen weights
-    and the table of every weighting tried (weights -> mean Dice) are stored in the pipeline
-    and shown by ``delineo info``. Search cases are kept in memory with each TTA candidate's
-    member probabilities (bound their number with ``build.max_cases``).
+**Weight search** (``combine: weighted_mean`` with ``weights: search``, ``search_weights``)
+runs on the same out-of-fold cases and the same cached member probabilities as the TTA search
+(no second network pass), after the TTA is chosen (the TTA candidates are scored with equal
+weights). Every member gets a multiplier from ``{0, 0.5, 1, 2}``; the weights are the
+multipliers divided by their sum. Coordinate search: start from all 1 (equal weights, the
+mean); in each sweep, for each member in turn, try its other multipliers with the others fixed
+and move to the best one if it raises the mean per-case Dice (each case's Dice averaged over
+labels, then over cases) by more than 1e-4; stop after a sweep without a move (at most 10
+sweeps). Ties therefore keep equal weights, and the chosen weights never score below the mean
+on the search cases. The cases must be out of fold for every member (a case is used only where
+each member has a fold that did not train on it); members without such a case in common are an
+error naming the pipeline file. The chosen weights and the table of every weighting tried
+(weights -> mean Dice) are stored in the pipeline and shown by ``delineo info``. The search
+cases are held in memory with each TTA candidate's member probabilities (bound their number
+with ``build.max_cases``).
 """
 
 from __future__ import annotations
