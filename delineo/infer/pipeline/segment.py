@@ -46,6 +46,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from tqdm import tqdm
 
 from delineo.config import Strict
 from delineo.errors import ConfigError
@@ -317,7 +318,8 @@ class SegmentStage(Stage):
         from delineo.evaluate.metrics import score_case
 
         thresholds = self.default_thresholds()
-        for vc in cases:
+        for vc in tqdm(cases, desc=f"{self.name}: out-of-fold predictions", unit="case", leave=False,
+                       disable=not getattr(ctx, "progress", True)):
             prepared = PreparedCase(vc.case.images)
             # per member and augmentation: out-of-fold probabilities on the preprocessed grid
             per_aug: list[dict[Augmentation, np.ndarray]] = []
