@@ -167,7 +167,7 @@ def plan_dataset(data: DataConfig, out: Path, name: Optional[str] = None, progre
     if budget is not None:
         from delineo.data.budget import budget_plan, dump_commented, parse_duration
 
-        plan, comments, _ = budget_plan(fp, plan, parse_duration(budget), device)
+        plan, comments, _ = budget_plan(fp, plan, parse_duration(budget), device, progress=progress)
         config_from_dict(plan, source=str(out))
         write_text_atomic(out, dump_commented(plan, comments, header.rstrip() + f"\n# Budget {budget} on {device}."))
         return Path(out), plan

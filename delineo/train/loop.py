@@ -105,8 +105,12 @@ class Trainer:
     """Trains one fold of an experiment into ``run_dir``."""
 
     def __init__(self, cfg: ExperimentConfig, runs_root: Path, fold: Optional[int] = 0, resume: bool = False,
-                 cache_root: Optional[Path] = None, progress: bool = True, track: bool = True) -> None:
+                 cache_root: Optional[Path] = None, progress: bool = True, track: bool = True,
+                 only: Optional[tuple[list[str], list[str]]] = None) -> None:
         self.cfg, self.fold, self.resume, self.progress = cfg, fold, resume, progress
+        #: (train ids, validation ids) kept of the fold: the budget planner's probe sets up a real
+        #: trainer on a few cases (delineo.data.budget) instead of preprocessing the whole dataset
+        self.only = only
         self.track = track  # False for runs that are not trainings (lr-find): nothing in the database
         self.device = pick_device(cfg.train.device)
         self.dist = init_distributed(self.device)
@@ -136,6 +140,9 @@ class Trainer:
         if not d.main:
             self.splits = json.loads((self.exp_dir / "splits.json").read_text())
         train_ids, val_ids = fold_cases(self.splits, self.fold)
+        if self.only is not None:
+            train_ids = [i for i in train_ids if i in set(self.only[0])]
+            val_ids = [i for i in val_ids if i in set(self.only[1])]
         self.train_cases = [by_id[i] for i in train_ids]
         self.val_cases = [by_id[i] for i in val_ids]
         self.cache = CaseCache(self.cache_root, cfg.preprocess, self.dataset.labels,
@@ -294,22 +301,7 @@ class Trainer:
             self.apply_schedule(i / tc.iterations_per_epoch, t0 - epoch_start if single else 0.0)
             xt, yt = self.batch(rng, gen)
             t1 = time.perf_counter()
-            with mixed.autocast(self.device, self.precision) if self.precision == "bf16" else \
-                    torch.autocast(self.device.type, enabled=self.amp):
-                out = self.net(xt)
-            loss = deep_supervised(self.loss_fn, _float(out), yt)  # the loss in float32, always
-            if not torch.isfinite(loss):
-                raise DelineoError(f"{self.run_dir}: the loss became {loss.item()} at epoch {st.epoch}; "
-                                   "lower train.optimizer.lr.")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.freezer is not None:
-                self.freezer.drop_grads()
-            if tc.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss = self.step(xt, yt)
             t2 = time.perf_counter()
             t_data += t1 - t0
             t_net += t2 - t1
@@ -319,6 +311,28 @@ class Trainer:
         return {"train_loss": float(np.mean(losses)), "train_loss_start": float(np.mean(losses[:tenth])),
                 "train_loss_end": float(np.mean(losses[-tenth:])), "lr": self.optimizer.param_groups[0]["lr"],
                 "iterations": len(losses), "data_seconds": t_data, "net_seconds": t_net}
+
+    def step(self, xt: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a batch: forward under the resolved precision, the loss in
+        float32, backward, clipping, the optimiser. The budget planner times this very method."""
+        tc = self.cfg.train
+        with mixed.autocast(self.device, self.precision) if self.precision == "bf16" else \
+                torch.autocast(self.device.type, enabled=self.amp):
+            out = self.net(xt)
+        loss = deep_supervised(self.loss_fn, _float(out), yt)  # the loss in float32, always
+        if not torch.isfinite(loss):
+            raise DelineoError(f"{self.run_dir}: the loss became {loss.item()} at epoch {self.state.epoch}; "
+                               "lower train.optimizer.lr.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.freezer is not None:
+            self.freezer.drop_grads()
+        if tc.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
 
     def _resolve_precision(self) -> str:
         """train.precision as fp32 or bf16; ``auto`` times one training step of this network both ways."""
@@ -387,7 +401,7 @@ class Trainer:
         while st.epoch < tc.epochs:
             if tc.max_minutes and st.elapsed >= tc.max_minutes * 60:
                 break  # a resumed run whose budget is already spent
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             row: dict[str, Any] = {"epoch": st.epoch}
             row.update(self.train_epoch())
             stop = False
@@ -413,6 +427,9 @@ class Trainer:
                     log.info("early stopping after %d validations without improvement", st.bad_validations)
                     stop = True
             row["seconds"] = time.perf_counter() - t0
+            # this process's CPU seconds in the epoch (all its threads): against ``seconds`` it says
+            # how much of the machine the run had, on a CPU shared with other users
+            row["cpu_seconds"] = time.process_time() - c0
             st.elapsed += row["seconds"]
             st.epoch += 1
             st.rows.append(row)
