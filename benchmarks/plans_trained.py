@@ -29,7 +29,8 @@ expected; the best validation Dice of ``log.csv``; the peak RSS of the train com
 The verdict ``within`` holds when the trainer's counted time stays inside the budget plus the
 final validation (which starts when the budget is spent) and one step. On a shared CPU the
 wall clock is shared: fewer iterations than planned means other users had the cores, not that
-the plan was wrong (the probe measures one thread's CPU seconds for that reason).
+the plan was wrong (the probe measures CPU seconds per thread for that reason; log.csv's
+cpu_seconds against seconds gives the share of the machine a run had).
 """
 
 from __future__ import annotations

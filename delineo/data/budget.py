@@ -51,7 +51,7 @@ FACTORS = (1.0, 1.5, 2.0, 3.0)
 #: cases the probe preprocesses and trains on (its patches are drawn from them) ...
 PROBE_TRAIN_CASES = 3
 #: ... and validates (the validation time per case is scaled to the fold's validation cases)
-PROBE_VAL_CASES = 2
+PROBE_VAL_CASES = 1
 #: timed training steps per candidate after the warm-up step, and data batches timed in all
 PROBE_STEPS = 2
 PROBE_BATCHES = 4
