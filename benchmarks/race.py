@@ -89,8 +89,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainer_DelineoRace(nnUNetTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # nnU-Net records its constructor's named arguments (for checkpoints): no *args here
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.race_budget_s = float(os.environ.get("DELINEO_RACE_BUDGET_S", "1200"))
         self.race_t0 = None
 
@@ -472,7 +474,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.nnunet_venv is not None and not (args.nnunet_venv / "bin" / "nnUNetv2_train").exists():
         print(f"error: {args.nnunet_venv}: no bin/nnUNetv2_train there; make that venv with "
-              f"'python -m venv {args.nnunet_venv} && {args.nnunet_venv}/bin/pip install nnunetv2'", file=sys.stderr)
+              f"'python -m venv {args.nnunet_venv} && {args.nnunet_venv}/bin/pip install torch nnunetv2'", file=sys.stderr)
         return 2
     if not (args.data / "imagesTr").is_dir():
         print(f"error: {args.data}: no imagesTr folder, so not an MSD/nnU-Net dataset", file=sys.stderr)
