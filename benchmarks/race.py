@@ -358,6 +358,7 @@ def nnunet_row(args: argparse.Namespace, bindir: Path, dataset, splits: dict) ->
         p.mkdir()
     env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
                DELINEO_RACE_BUDGET_S=str(args.minutes * 60), PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.setdefault("nnUNet_def_n_proc", str(args.nnunet_processes))  # its validation/export pools (default 8)
     env.pop("PYTHONPATH", None)
     env.pop("VIRTUAL_ENV", None)
     test = test_cases(dataset, splits, args.max_test)
