@@ -32,8 +32,8 @@ the nnU-Net venv, where ``nnUNetv2_train -tr`` finds trainers): nnU-Net's own tr
 augmentation and loss, with two changes only: it stops when ``--minutes`` have passed (checked before
 every step, as Delineo's trainer does) and its poly learning-rate schedule advances with the elapsed
 share of that budget instead of the epoch count (as Delineo's schedules do under a budget); it logs its
-training iterations and their network time per epoch. ``nnUNetv2_train`` then validates fold 0 its own
-way (not counted as training). ``nnUNetv2_predict`` runs sequentially (``-npp 0 -nps 0``) on the test
+training iterations and their network time per epoch; nnU-Net's final sliding-window validation of
+fold 0 is skipped (both tools are scored on the test split instead). ``nnUNetv2_predict`` runs sequentially (``-npp 0 -nps 0``) on the test
 images; seconds per case come from the spacing of its output files (reading, preprocessing, network,
 export), the first case, which carries start-up, excluded; its start-up is printed apart.
 
@@ -141,6 +141,11 @@ class nnUNetTrainer_DelineoRace(nnUNetTrainer):
                 self.on_validation_epoch_end(val)
             self.on_epoch_end()
         self.on_train_end()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # the race scores both tools on the held-out test split with one metric; nnU-Net's own
+        # sliding-window validation of fold 0 (minutes per case on 2 cores) adds nothing to it
+        self.print_to_log_file("race: nnU-Net's final validation skipped (the test split is scored instead)")
 '''
 
 
