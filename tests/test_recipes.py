@@ -184,3 +184,18 @@ def test_headneck_modality_gradient_panels(headneck_run: Path, tmp_path: Path, c
     g = np.array([[[[1.0, -2.0]]], [[[0.0, 4.0]]]])  # (C=2, 1, 1, 2)
     s = channel_summary(g, np.array([[[1, 1]]]), ["CT", "PET"])
     assert s["CT"] == {"magnitude": 1.5, "positive": 0.5, "negative": 1.0} and s["PET"]["positive"] == 2.0
+
+
+def test_liver_recipe_lesion_stage_predicts_labels_apart_from_the_liver():
+    """The cascade keeps stage 1's liver (label 1) beside the lesion stage's output, so the lesion
+    network must predict other values: without ``data.labels: {2: tumour}`` it learnt label 1
+    inside the liver box and ``delineo pipeline build pipeline.yaml`` refused the recipe."""
+    folder = recipes.recipe_path("liver")
+    pipeline = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    cascade = next(s for s in pipeline["stages"] if s["kind"] == "cascade")
+    assert cascade["keep_organ"] is True
+    liver = load_dataset(load_config(folder / "experiment.yaml").data).labels
+    lesion_cfg = load_config(folder / "lesion.yaml")
+    lesion = load_dataset(lesion_cfg.data).labels
+    assert set(liver) == {1} and set(lesion) == {2}
+    assert set(lesion_cfg.preprocess.region.labels) == {1, 2}  # the region is still liver + tumour
