@@ -88,16 +88,18 @@ def test_a_budget_too_small_says_so(tmp_path: Path):
     assert plan["preprocess"]["spacing"][0] >= 2.0  # the coarsest candidates are the fastest
 
 
-def _planned_and_trained(data: DataConfig, tmp_path: Path, budget: str) -> tuple[float, float, str]:
+def _planned_and_trained(data: DataConfig, tmp_path: Path, budget: str, threads_wanted: int = 1) -> tuple[float, float, str]:
     """(iterations the plan expects, iterations a real training of the written plan made per unit
-    of CPU share, the plan's text), both at two threads where the machine has two cores.
+    of CPU share, the plan's text), both at ``threads_wanted`` threads (at most the cores). The
+    default suite plans and trains on one thread: two threads of a small phantom network on a
+    shared 2-core machine mostly wait for each other, which no probe of seconds can predict.
 
     The plan predicts the steps of an unshared machine; the machine running the tests is shared.
     The trainer logs each epoch's CPU seconds (``cpu_seconds``) next to its wall seconds: their
     ratio per thread is the share of the cores the run had, and iterations / share what it makes
     with the cores to itself."""
     threads = torch.get_num_threads()
-    n = min(2, os.cpu_count() or 1)
+    n = min(threads_wanted, os.cpu_count() or 1)
     torch.set_num_threads(n)
     try:
         path, _ = plan_dataset(data, tmp_path / "plan.yaml", progress=False, budget=budget)
@@ -137,5 +139,5 @@ def test_planned_iterations_match_a_real_training_on_hippocampus(tmp_path: Path)
     """As above on the embedded hippocampus crops, for a one-minute budget."""
     sample = Path(__file__).resolve().parents[1] / "delineo" / "sample_data" / "hippocampus"
     data = DataConfig(source={"type": "msd", "path": str(sample)})
-    predicted, achieved, _ = _planned_and_trained(data, tmp_path, "1m")
+    predicted, achieved, _ = _planned_and_trained(data, tmp_path, "1m", threads_wanted=2)
     assert 0.6 <= predicted / achieved <= 1.6, (predicted, achieved)
