@@ -1,17 +1,17 @@
 """The race, in one script: Delineo against nnU-Net v2 on the same hippocampus cases.
 
     python benchmarks/race.py [--data ../shared/data/hippocampus] [--minutes 20] [--max-test 20]
-                              [--nnunet-venv /work/bench/nnunet_venv]
+                              [--nnunet-venv ~/nnunet_venv]
 
 The full race, as the note reports it (about 50 minutes on 2 cores: 20 minutes of training each,
 plus preprocessing, nnU-Net's final validation and the predictions):
 
-    python benchmarks/race.py --minutes 20 --max-test 20 --nnunet-venv /work/bench/nnunet_venv
+    python benchmarks/race.py --minutes 20 --max-test 20 --nnunet-venv ~/nnunet_venv
 
 A quick check that both sides run end to end (a few minutes):
 
     python benchmarks/race.py --minutes 1 --max-test 3 --max-train 12 --max-val 3 \\
-        --nnunet-venv /work/bench/nnunet_venv
+        --nnunet-venv ~/nnunet_venv
 
 Both rows use one split: Delineo's (``examples/hippocampus.yaml`` with ``data.test_fraction=0.15``,
 seeded patient-level folds), computed here before either tool runs. Delineo trains its fold 0; nnU-Net
@@ -38,7 +38,7 @@ images; seconds per case come from the spacing of its output files (reading, pre
 export), the first case, which carries start-up, excluded; its start-up is printed apart.
 
 nnU-Net v2 is an optional extra and never a project or test dependency: install it into its own venv
-(``python -m venv /work/bench/nnunet_venv && /work/bench/nnunet_venv/bin/pip install torch nnunetv2``)
+(``python -m venv ~/nnunet_venv && ~/nnunet_venv/bin/pip install torch nnunetv2``)
 and pass ``--nnunet-venv``; without it the script looks for ``nnUNetv2_train`` on PATH and, when there
 is none, prints Delineo's figures alone. The CPU is shared here: compare ratios within one run, never
 absolute seconds across runs.
@@ -470,7 +470,7 @@ def main() -> int:
     ap.add_argument("--max-val", type=int, default=None, help="fold-0 validation cases kept (quick checks)")
     ap.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--nnunet-venv", type=Path, default=None,
+    ap.add_argument("--nnunet-venv", type=lambda s: Path(s).expanduser(), default=None,
                     help="venv with nnunetv2 installed (default: nnUNetv2_train on PATH, else Delineo alone)")
     ap.add_argument("--nnunet-processes", type=int, default=os.cpu_count() or 1,
                     help="nnU-Net's -npfp/-np for preprocessing (default: the CPU count)")
