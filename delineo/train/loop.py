@@ -141,8 +141,9 @@ class Trainer:
             self.splits = json.loads((self.exp_dir / "splits.json").read_text())
         train_ids, val_ids = fold_cases(self.splits, self.fold)
         if self.only is not None:
-            train_ids = [i for i in train_ids if i in set(self.only[0])]
-            val_ids = [i for i in val_ids if i in set(self.only[1])]
+            keep_train, keep_val = set(self.only[0]), set(self.only[1])
+            train_ids = [i for i in train_ids if i in keep_train]
+            val_ids = [i for i in val_ids if i in keep_val]
         self.train_cases = [by_id[i] for i in train_ids]
         self.val_cases = [by_id[i] for i in val_ids]
         self.cache = CaseCache(self.cache_root, cfg.preprocess, self.dataset.labels,
