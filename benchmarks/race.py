@@ -251,6 +251,48 @@ def delineo_row(args: argparse.Namespace, cfg, dataset, splits: dict) -> dict:
     return row
 
 
+def same_network_row(args: argparse.Namespace, cfg, dataset, splits: dict, arch: dict) -> dict:
+    """Delineo's training step on nnU-Net's network and patch: its plan's widths per stage (one
+    Delineo level each), instance norm, leaky ReLU, patch and batch, timed in fp32 (what nnU-Net
+    runs on a CPU) and bf16 with the trainer's own ``Trainer.step`` on a few fold-0 cases; median
+    seconds of ``--same-steps`` steps after two warm-up steps. Delineo's blocks differ from
+    nnU-Net's PlainConvUNet in the down-sampling (pooling, not strided convolutions), so the row
+    compares the tools' training loops on networks of the same widths, depth, patch and batch."""
+    import torch
+
+    from delineo.config import load_config
+    from delineo.train.loop import Trainer
+
+    fold = splits["folds"][0]
+    only = (fold["train"][:4], fold["val"][:1])
+    row: dict = {}
+    for precision in ("fp32", "bf16"):
+        work = Path(tempfile.mkdtemp(prefix="race_same_"))
+        try:
+            same = load_config(ROOT / "examples" / "hippocampus.yaml", [
+                f"data.source.path={args.data.resolve()}", "data.test_fraction=0.15", "augment.flip.p=0.5",
+                *args.overrides, f"model.filters={list(arch['features'])}", "model.norm=instance",
+                "model.act=leakyrelu", f"sampling.patch_size={list(arch['patch'])}",
+                f"sampling.batch_size={arch['batch']}", f"train.precision={precision}"])
+            (work / "runs" / same.name).mkdir(parents=True)
+            (work / "runs" / same.name / "splits.json").write_text(json.dumps(splits, indent=1))
+            trainer = Trainer(same, work / "runs", fold=0, cache_root=work / "cache", progress=False, track=False,
+                              only=only)
+            trainer.setup()
+            rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+            secs = []
+            for _ in range(args.same_steps + 2):
+                xt, yt = trainer.batch(rng, gen)
+                t0 = time.perf_counter()
+                trainer.step(xt, yt)
+                secs.append(time.perf_counter() - t0)
+            row[f"same_it_s_{precision}"] = 1.0 / float(np.median(secs[2:]))
+            row["same_params"] = sum(p.numel() for p in trainer.model.parameters())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
 # ------------------------------------------------------------------ nnU-Net's row, through its CLI
 def find_nnunet(venv: Optional[Path]) -> Optional[Path]:
     """The ``bin`` folder holding nnU-Net's commands: ``venv/bin``, else the one of ``nnUNetv2_train`` on PATH."""
@@ -379,7 +421,8 @@ def nnunet_row(args: argparse.Namespace, bindir: Path, dataset, splits: dict) ->
                preprocess_cases=len(fold["train"]) + len(fold["val"]))
     (pre / DATASET_NAME / "splits_final.json").write_text(json.dumps([{"train": fold["train"], "val": fold["val"]}]))
     plans = json.loads((pre / DATASET_NAME / "nnUNetPlans.json").read_text())["configurations"]["3d_fullres"]
-    row.update(batch=plans["batch_size"], patch=plans["patch_size"])
+    row.update(batch=plans["batch_size"], patch=plans["patch_size"],
+               features=plans.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage"))
     secs, _ = run_cli([str(bindir / "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-device", "cpu",
                        "-tr", TRAINER], env, work / "train.log", "training")
     row["train_wall_s"] = secs
@@ -474,6 +517,8 @@ def main() -> int:
                     help="venv with nnunetv2 installed (default: nnUNetv2_train on PATH, else Delineo alone)")
     ap.add_argument("--nnunet-processes", type=int, default=os.cpu_count() or 1,
                     help="nnU-Net's -npfp/-np for preprocessing (default: the CPU count)")
+    ap.add_argument("--same-steps", type=int, default=8,
+                    help="steps timed of Delineo's trainer on nnU-Net's network and patch (0: skip)")
     ap.add_argument("--keep", action="store_true", help="keep nnU-Net's raw, preprocessed and results folders")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
@@ -501,7 +546,17 @@ def main() -> int:
             n = nnunet_row(args, bindir, dataset, splits)
         except RuntimeError as exc:
             failure = str(exc)
+    same = None
+    if n and n.get("features") and args.same_steps:
+        same = same_network_row(args, cfg, dataset, splits,
+                                {"features": n["features"], "patch": n["patch"], "batch": n["batch"]})
     print_table(args, d, n)
+    if same:
+        print(f"same network and patch (nnU-Net's widths {'-'.join(map(str, n['features']))}, patch "
+              f"{fmt(n['patch'], '{}')}, batch {n['batch']}; Delineo's U-Net, {same['same_params'] / 1e6:.1f} M "
+              f"weights): train it/s (network) Delineo fp32 {same['same_it_s_fp32']:.3f}, bf16 "
+              f"{same['same_it_s_bf16']:.3f}; nnU-Net {n['train_it_s']:.3f} (fp32): Delineo/nnU-Net "
+              f"{same['same_it_s_fp32'] / n['train_it_s']:.2f}x fp32, {same['same_it_s_bf16'] / n['train_it_s']:.2f}x bf16")
     if bindir is None:
         print("\nnnU-Net v2 not found (no --nnunet-venv, no nnUNetv2_train on PATH): Delineo's figures alone")
     if failure:
