@@ -25,7 +25,9 @@ cache in this process, peak RSS; nnU-Net: ``nnUNetv2_plan_and_preprocess -c 3d_f
 --verify_dataset_integrity``, which also fingerprints and plans, peak of the summed RSS of its process
 tree), training iterations per second (network time only, and the whole loop with data loading) with
 batch and patch, prediction seconds per case with and without mirroring (after one untimed start-up
-case), and the held-out Dice of each.
+case), and the held-out Dice of each. Then, like for like, Delineo's trainer step on nnU-Net's network
+widths, patch and batch (its plan's ``features_per_stage``; instance norm, leaky ReLU), fp32 and bf16,
+against nnU-Net's own iterations per second (``--same-steps``, 0 to skip).
 
 nnU-Net has no time budget. Its row trains ``nnUNetTrainer_DelineoRace`` (written by this script into
 the nnU-Net venv, where ``nnUNetv2_train -tr`` finds trainers): nnU-Net's own trainer, plans, network,
