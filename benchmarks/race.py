@@ -61,7 +61,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -152,13 +152,14 @@ class nnUNetTrainer_DelineoRace(nnUNetTrainer):
 
 
 # ------------------------------------------------------------------ the split both tools use
-def race_config(args: argparse.Namespace):
+def race_config(args: argparse.Namespace, extra: Sequence[str] = ()):
+    """The race's experiment: the default hippocampus one on ``--data``, with ``extra`` overrides last."""
     from delineo.config import load_config
 
     return load_config(ROOT / "examples" / "hippocampus.yaml",
                        [f"data.source.path={args.data.resolve()}", f"train.max_minutes={args.minutes}",
                         "data.test_fraction=0.15", f"train.precision={args.precision}",
-                        f"infer.precision={args.precision}", "augment.flip.p=0.5", *args.overrides])
+                        f"infer.precision={args.precision}", "augment.flip.p=0.5", *args.overrides, *extra])
 
 
 def race_splits(cfg, dataset, max_train: Optional[int], max_val: Optional[int]) -> dict:
@@ -253,7 +254,7 @@ def delineo_row(args: argparse.Namespace, cfg, dataset, splits: dict) -> dict:
     return row
 
 
-def same_network_row(args: argparse.Namespace, cfg, dataset, splits: dict, arch: dict) -> dict:
+def same_network_row(args: argparse.Namespace, splits: dict, arch: dict) -> dict:
     """Delineo's training step on nnU-Net's network and patch: its plan's widths per stage (one
     Delineo level each), instance norm, leaky ReLU, patch and batch, timed in fp32 (what nnU-Net
     runs on a CPU) and bf16 with the trainer's own ``Trainer.step`` on a few fold-0 cases; median
@@ -262,7 +263,6 @@ def same_network_row(args: argparse.Namespace, cfg, dataset, splits: dict, arch:
     compares the tools' training loops on networks of the same widths, depth, patch and batch."""
     import torch
 
-    from delineo.config import load_config
     from delineo.train.loop import Trainer
 
     fold = splits["folds"][0]
@@ -271,11 +271,9 @@ def same_network_row(args: argparse.Namespace, cfg, dataset, splits: dict, arch:
     for precision in ("fp32", "bf16"):
         work = Path(tempfile.mkdtemp(prefix="race_same_"))
         try:
-            same = load_config(ROOT / "examples" / "hippocampus.yaml", [
-                f"data.source.path={args.data.resolve()}", "data.test_fraction=0.15", "augment.flip.p=0.5",
-                *args.overrides, f"model.filters={list(arch['features'])}", "model.norm=instance",
-                "model.act=leakyrelu", f"sampling.patch_size={list(arch['patch'])}",
-                f"sampling.batch_size={arch['batch']}", f"train.precision={precision}"])
+            same = race_config(args, [f"model.filters={list(arch['features'])}", "model.norm=instance",
+                                      "model.act=leakyrelu", f"sampling.patch_size={list(arch['patch'])}",
+                                      f"sampling.batch_size={arch['batch']}", f"train.precision={precision}"])
             (work / "runs" / same.name).mkdir(parents=True)
             (work / "runs" / same.name / "splits.json").write_text(json.dumps(splits, indent=1))
             trainer = Trainer(same, work / "runs", fold=0, cache_root=work / "cache", progress=False, track=False,
@@ -550,8 +548,7 @@ def main() -> int:
             failure = str(exc)
     same = None
     if n and n.get("features") and args.same_steps:
-        same = same_network_row(args, cfg, dataset, splits,
-                                {"features": n["features"], "patch": n["patch"], "batch": n["batch"]})
+        same = same_network_row(args, splits, {"features": n["features"], "patch": n["patch"], "batch": n["batch"]})
     print_table(args, d, n)
     if same:
         print(f"same network and patch (nnU-Net's widths {'-'.join(map(str, n['features']))}, patch "
