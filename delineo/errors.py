@@ -17,3 +17,10 @@ class ConfigError(DelineoError):
 
 class InputError(DelineoError):
     """An input image, label or dataset is missing, unreadable or inconsistent."""
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first line of a library's exception (at most 160 characters), to quote inside one of
+    Delineo's sentences: pydicom, zipfile and friends write several lines where one will do."""
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

@@ -233,7 +233,7 @@ def _compare(args: argparse.Namespace) -> int:
             d = None
         bests = [Q.best_epoch(curves[s.id].get(m, {}), d) if d else None for s in runs]
         rows.append([f"best {m}", *[b[1] if b else None for b in bests]])
-        rows.append([f"  at epoch", *[b[0] if b else None for b in bests]])
+        rows.append(["  at epoch", *[b[0] if b else None for b in bests]])
         rows.append([f"last {m}", *[(lambda c: c[max(c)] if c else None)(curves[s.id].get(m, {})) for s in runs]])
     print(table(header, rows))
     out = plot_overlaid({labels[s.id]: curves[s.id] for s in runs}, metrics, args.out)

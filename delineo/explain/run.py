@@ -219,7 +219,6 @@ def _save_pattern(pattern: np.ndarray, record, out_dir: Path, stem: str, seconds
     from matplotlib.figure import Figure
 
     from delineo.io.files import write_image
-    from delineo.io.image import Image
 
     arr = np.asarray(pattern, dtype=np.float32)
     vol = arr if arr.ndim == 4 else arr[..., None]  # 2D patterns get a singleton slice axis

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
-from delineo.errors import InputError
+from delineo.errors import InputError, short_reason
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _extract_zip(archive: Path, tmp: Path, limits: ArchiveLimits) -> int:
                     _copy_bounded(archive, info.filename, src, dst, info.compress_size, limits, total)
                 n += 1
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise InputError(f"{archive}: not a readable ZIP archive ({_short(exc)}).") from None
+        raise InputError(f"{archive}: not a readable ZIP archive ({short_reason(exc)}).") from None
     except FileExistsError as exc:
         raise InputError(f"{archive}: refused, member '{Path(exc.filename).name}' appears twice.") from None
     return n
@@ -146,7 +146,7 @@ def _extract_tar(archive: Path, tmp: Path, limits: ArchiveLimits) -> int:
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, FileExistsError):
             raise InputError(f"{archive}: refused, member '{Path(exc.filename).name}' appears twice.") from None
-        raise InputError(f"{archive}: not a readable tar archive ({_short(exc)}).") from None
+        raise InputError(f"{archive}: not a readable tar archive ({short_reason(exc)}).") from None
     return n
 
 
@@ -175,14 +175,9 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, limits:
             raise InputError(f"{archive}: not a ZIP or tar archive.")
         os.replace(tmp, dest)
     except OSError as exc:  # e.g. disk full while unpacking
-        raise InputError(f"{archive}: could not be unpacked into {dest.parent} ({_short(exc)}).") from None
+        raise InputError(f"{archive}: could not be unpacked into {dest.parent} ({short_reason(exc)}).") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("%s: %d file(s) unpacked into %s", archive, n, dest)
     return dest
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from delineo.errors import InputError
+from delineo.errors import InputError, short_reason
 from delineo.io.image import LPS_TO_RAS, Image
 
 log = logging.getLogger(__name__)
@@ -192,9 +192,9 @@ def _read_header(path: Path, tags: Sequence[str] | None = None, broken: list[str
     except InvalidDicomError:
         pass
     except Exception as exc:  # truncated or corrupt: report and skip, never crash the scan
-        log.warning("Skipping %s: unreadable DICOM file (%s).", path, _short(exc))
+        log.warning("Skipping %s: unreadable DICOM file (%s).", path, short_reason(exc))
         if broken is not None:
-            broken.append(f"{path}: unreadable or truncated DICOM file ({_short(exc)}).")
+            broken.append(f"{path}: unreadable or truncated DICOM file ({short_reason(exc)}).")
         return None
     else:
         reason = truncation(ds, path, at_end)
@@ -636,9 +636,9 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
             how = f"; install {hint}" if hint else ""
             raise InputError(
                 f"{path}: pixel data in transfer syntax '{name}' ({ts}) could not be decoded "
-                f"({_short(exc)}){how}."
+                f"({short_reason(exc)}){how}."
             ) from exc
-        raise InputError(f"{path}: pixel data could not be read ({_short(exc)}).") from exc
+        raise InputError(f"{path}: pixel data could not be read ({short_reason(exc)}).") from exc
 
 
 def check_pixel_header(ds, path: Path, ts=None) -> None:
@@ -921,11 +921,6 @@ def align_to_grid(image: Image, reference: Image, *, what: str = "image") -> Ima
     if lost > 0:
         log.warning("%s: %d labelled voxels fall outside the reference grid and were dropped.", what, lost)
     return Image(out, reference.affine.copy(), image.modality, dict(image.meta))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
 
 
 def file_meta_for(ds) -> "FileMetaDataset":

@@ -15,10 +15,10 @@ from typing import Mapping
 
 import numpy as np
 
-from delineo.errors import InputError
+from delineo.errors import InputError, short_reason
 from delineo.io.atomic import atomic_path
-from delineo.io.dicom import align_to_grid, is_dicom_image, ras_from_lps, source_datasets
-from delineo.io.export import label_names, label_values, normalise_name, resolve_colors
+from delineo.io.dicom import align_to_grid, ras_from_lps, source_datasets
+from delineo.io.export import dicom_export_labels, normalise_name
 from delineo.io.image import Image
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def read_dicom_seg(seg_path: str | Path, reference: Image, labels: Mapping[int, 
     try:
         seg = hd.seg.segread(seg_path)
     except Exception as exc:  # highdicom raises ValueError/AttributeError/InvalidDicomError
-        raise InputError(f"{seg_path}: not a readable DICOM Segmentation ({_short(exc)}).") from exc
+        raise InputError(f"{seg_path}: not a readable DICOM Segmentation ({short_reason(exc)}).") from exc
     ref_for = reference.meta.get("frame_of_reference_uid")
     seg_for = str(seg.get("FrameOfReferenceUID", "") or "")
     if ref_for and seg_for and ref_for != seg_for:
@@ -54,7 +54,7 @@ def read_dicom_seg(seg_path: str | Path, reference: Image, labels: Mapping[int, 
     try:
         volume = seg.get_volume(combine_segments=False)
     except Exception as exc:
-        raise InputError(f"{seg_path}: segmentation frames do not form a volume ({_short(exc)}).") from exc
+        raise InputError(f"{seg_path}: segmentation frames do not form a volume ({short_reason(exc)}).") from exc
 
     # highdicom volumes are indexed (slice, row, column) with an LPS affine; Delineo is (i=column,
     # j=row, k=slice) in RAS.
@@ -136,14 +136,7 @@ def write_dicom_seg(
     from delineo import __version__
 
     out_path = Path(out_path)
-    if not is_dicom_image(source):
-        raise InputError(f"{out_path}: a DICOM-SEG needs a DICOM source series to reference.")
-    mask = align_to_grid(mask, source, what="mask")
-    values = label_values(mask, str(out_path))
-    if not values:
-        raise InputError(f"{out_path}: the mask is empty; a DICOM-SEG needs at least one labelled voxel.")
-    names = label_names(values, labels, str(out_path))
-    rgb = resolve_colors(names, colors)
+    mask, values, names, rgb = dicom_export_labels(mask, source, out_path, labels, colors, "a DICOM-SEG")
     if source.meta.get("generated_uids"):
         log.warning(
             "%s: the source series has no UIDs of its own; the SEG references generated UIDs and "
@@ -196,7 +189,7 @@ def write_dicom_seg(
             omit_empty_frames=True,
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise InputError(f"{out_path}: could not build a DICOM-SEG from {source.meta.get('path')} ({_short(exc)}).") from exc
+        raise InputError(f"{out_path}: could not build a DICOM-SEG from {source.meta.get('path')} ({short_reason(exc)}).") from exc
     with atomic_path(out_path, suffix=".dcm") as tmp:
         seg.save_as(tmp)
     log.info("Wrote DICOM-SEG with %d segments to %s.", len(values), out_path)
@@ -241,8 +234,3 @@ def rgb_to_cielab(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
     f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     lab = (116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]))
     return (float(np.clip(lab[0], 0, 100)), float(np.clip(lab[1], -128, 127)), float(np.clip(lab[2], -128, 127)))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

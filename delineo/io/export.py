@@ -22,6 +22,7 @@ import numpy as np
 
 from delineo.errors import InputError
 from delineo.io.atomic import write_text_atomic
+from delineo.io.dicom import align_to_grid, is_dicom_image
 from delineo.io.files import image_suffix, write_image
 from delineo.io.image import Image
 
@@ -139,6 +140,27 @@ def label_names(values: list[int], labels: Mapping[int, str] | None, what: str =
             log.warning("%s: label %d has no name; writing it as %r.", what, value, name)
         out[value] = name
     return out
+
+
+def dicom_export_labels(
+    mask: Image,
+    source: Image,
+    out_path: Path,
+    labels: Mapping[int, str] | None,
+    colors: Mapping[int, tuple[int, int, int]] | None,
+    kind: str,
+) -> tuple[Image, list[int], dict[int, str], dict[int, tuple[int, int, int]]]:
+    """What every DICOM export (``kind``: "a DICOM-SEG", "an RTSTRUCT") checks and resolves
+    before it writes: a DICOM source series to reference, the mask on its grid, at least one
+    labelled voxel, a name and a colour per label present. Returns (mask, values, names, colours)."""
+    if not is_dicom_image(source):
+        raise InputError(f"{out_path}: {kind} needs a DICOM source series to reference.")
+    mask = align_to_grid(mask, source, what="mask")
+    values = label_values(mask, str(out_path))
+    if not values:
+        raise InputError(f"{out_path}: the mask is empty; {kind} needs at least one labelled voxel.")
+    names = label_names(values, labels, str(out_path))
+    return mask, values, names, resolve_colors(names, colors)
 
 
 def write_prediction(

@@ -7,16 +7,14 @@ SimpleITK, whose LPS geometry is converted to Delineo's RAS affine. DICOM series
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from delineo.errors import InputError
+from delineo.errors import InputError, short_reason
 from delineo.io.atomic import atomic_path
 from delineo.io.formats import format_for
 from delineo.io.image import Image, affine_from_itk, itk_from_affine
@@ -195,17 +193,17 @@ def _read_nifti(path: Path) -> Image:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)}).") from exc
+        raise InputError(f"{path}: not a readable NIfTI file ({short_reason(exc)}).") from exc
     try:
         _check_nifti_header(path, img)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable NIfTI header ({_short(exc)}).") from exc
+        raise InputError(f"{path}: not a readable NIfTI header ({short_reason(exc)}).") from exc
     try:
         array = np.asanyarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: not a readable NIfTI file ({_short(exc)}).") from exc
+        raise InputError(f"{path}: not a readable NIfTI file ({short_reason(exc)}).") from exc
     if array.dtype.kind not in "biuf":
         raise InputError(f"{path}: voxel type {array.dtype} is not supported (expected integers or reals, "
                          "not complex or RGB).")
@@ -220,7 +218,7 @@ def _read_itk(path: Path) -> Image:
     try:
         itk = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{path}: not a readable {image_suffix(path)} file ({_short(exc)}).") from exc
+        raise InputError(f"{path}: not a readable {image_suffix(path)} file ({short_reason(exc)}).") from exc
     if itk.GetDimension() not in (2, 3, 4):
         raise InputError(f"{path}: {itk.GetDimension()}D image where a 3D image is expected.")
     array = sitk.GetArrayFromImage(itk)  # (k, j, i) or (k, j, i, c) for vector pixels
@@ -288,8 +286,3 @@ def write_image(image: Image, path: str | Path, dtype: np.dtype | type | None = 
         else:
             raise InputError(f"{path}: unsupported output type (use one of {', '.join(IMAGE_SUFFIXES)}).")
     return path
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

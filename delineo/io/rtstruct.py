@@ -20,11 +20,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from delineo.errors import InputError
+from delineo.errors import InputError, short_reason
 from delineo.io.atomic import atomic_path
-from delineo.io.dicom import (PATIENT_STUDY_KEYWORDS, align_to_grid, file_meta_for, is_dicom_image, lps_from_ras,
+from delineo.io.dicom import (PATIENT_STUDY_KEYWORDS, file_meta_for, lps_from_ras,
                                source_datasets)
-from delineo.io.export import label_names, label_values, normalise_name, resolve_colors
+from delineo.io.export import dicom_export_labels, normalise_name
 from delineo.io.image import Image
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def read_rtstruct(
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise InputError(f"{path}: not a readable DICOM file ({_short(exc)}).") from exc
+        raise InputError(f"{path}: not a readable DICOM file ({short_reason(exc)}).") from exc
     if str(ds.get("Modality", "")) != "RTSTRUCT" and str(ds.get("SOPClassUID", "")) != RTSTRUCT_SOP_CLASS:
         raise InputError(f"{path}: not an RT Structure Set (Modality {ds.get('Modality', '?')}).")
     rois = [(int(r.ROINumber), str(r.get("ROIName", "") or f"roi_{int(r.ROINumber)}"), str(r.get("ReferencedFrameOfReferenceUID", "") or ""))
@@ -203,14 +203,7 @@ def write_rtstruct(
     from delineo import __version__
 
     out_path = Path(out_path)
-    if not is_dicom_image(source):
-        raise InputError(f"{out_path}: an RTSTRUCT needs a DICOM source series to reference.")
-    mask = align_to_grid(mask, source, what="mask")
-    values = label_values(mask, str(out_path))
-    if not values:
-        raise InputError(f"{out_path}: the mask is empty; an RTSTRUCT needs at least one labelled voxel.")
-    names = label_names(values, labels, str(out_path))
-    rgb = resolve_colors(names, colors)
+    mask, values, names, rgb = dicom_export_labels(mask, source, out_path, labels, colors, "an RTSTRUCT")
     sources = source_datasets(source)
     first = sources[0]
     frame_uid = source.meta.get("frame_of_reference_uid") or str(first.get("FrameOfReferenceUID", "") or "")
@@ -337,8 +330,3 @@ def _interpreted_type(name: str) -> str:
         if key.startswith(kind):
             return kind.upper()
     return "ORGAN"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

@@ -18,7 +18,7 @@ import logging
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from delineo.errors import InputError
 from delineo.io.image import Image

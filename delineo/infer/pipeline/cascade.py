@@ -31,12 +31,12 @@ from pydantic import Field, model_validator
 
 from delineo.config import Strict
 from delineo.errors import ConfigError
-from delineo.infer.pipeline.members import Member
+from delineo.infer.pipeline.members import FoldPredictors, Member
 from delineo.infer.pipeline.segment import MemberConfig, TTAConfig
 from delineo.infer.pipeline.stages import (BuildContext, CaseData, RunOptions, Stage, StageOutput, mask_from_probs,
                                            register_stage, two_channel)
 from delineo.infer.pipeline.tta import augmentations
-from delineo.infer.predictor import Predictor, build_model
+from delineo.infer.predictor import Predictor
 from delineo.io.image import Image
 from delineo.preprocess.pipeline import preprocess, restore
 from delineo.preprocess.region import region_axes, restrict, unrestrict
@@ -119,7 +119,7 @@ class CascadeStage(Stage):
                 raise ConfigError(f"stage {name}: keep_organ puts organ labels {kept} and this stage's labels "
                                   f"{sorted(self._own)} in one mask, but {clash} are in both; train this stage on "
                                   "other label values (data.labels).")
-        self._predictors: dict[tuple[int, int], Predictor] = {}
+        self._predictors = FoldPredictors(self.members)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -134,13 +134,7 @@ class CascadeStage(Stage):
         return list(self.members[0].meta.channels)
 
     def predictor(self, i: int, j: int, device: torch.device) -> Predictor:
-        key = (i, j)
-        if key not in self._predictors or self._predictors[key].device != torch.device(device):
-            fold = self.members[i].folds[j]
-            model = build_model(fold.cfg, fold.model_meta)
-            model.load_state_dict(fold.state)
-            self._predictors[key] = Predictor(model, fold.cfg, fold.model_meta, device, tta=False)
-        return self._predictors[key]
+        return self._predictors(i, j, device)
 
     # ------------------------------------------------------------- prediction
     def member_probs(self, i: int, images: list[Image], organ: np.ndarray, options: RunOptions) -> np.ndarray:

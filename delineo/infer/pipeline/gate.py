@@ -38,7 +38,6 @@ from delineo.errors import ConfigError
 from delineo.infer.pipeline.members import Member
 from delineo.infer.pipeline.segment import MemberConfig
 from delineo.infer.pipeline.stages import (BuildContext, CaseData, RunOptions, Stage, StageOutput, register_stage)
-from delineo.infer.predictor import build_model
 from delineo.io.image import Image
 from delineo.preprocess.pipeline import GeometryRecord, preprocess, restore
 from delineo.train.classify import classify_volume, slice_classes
@@ -236,10 +235,7 @@ class GateStage(Stage):
     def _model(self, i: int, j: int, device: torch.device) -> torch.nn.Module:
         key = (i, j)
         if key not in self._models or next(self._models[key].parameters()).device != torch.device(device):
-            fold = self.members[i].folds[j]
-            model = build_model(fold.cfg, fold.model_meta)
-            model.load_state_dict(fold.state)
-            self._models[key] = model.to(device).eval()
+            self._models[key] = self.members[i].folds[j].network().to(device).eval()
         return self._models[key]
 
     def slice_scores(self, images: list[Image], options: RunOptions,

@@ -20,6 +20,7 @@ import torch
 
 from delineo.config import ExperimentConfig, config_from_dict
 from delineo.errors import ConfigError, InputError
+from delineo.infer.predictor import Predictor, build_model
 from delineo.modelfile.checkpoint import ModelMeta, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ class Fold:
     @property
     def model_meta(self) -> ModelMeta:
         return ModelMeta.from_dict(self.meta)
+
+    def network(self) -> torch.nn.Module:
+        """The fold's network with its weights, on the CPU in training mode (as built)."""
+        model = build_model(self.cfg, self.model_meta)
+        model.load_state_dict(self.state)
+        return model
 
     @classmethod
     def from_run(cls, path: Path) -> "Fold":
@@ -116,3 +123,19 @@ class Member:
             state = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
             folds.append(Fold(fs["config"], fs["meta"], state, fs.get("source", "")))
         return cls(spec["name"], folds)
+
+
+class FoldPredictors:
+    """The :class:`Predictor` of each (member, fold), built on first use and rebuilt when the
+    device changes: a stage predicts many cases with the same folds, so a network is built once."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        self._cache: dict[tuple[int, int], Predictor] = {}
+
+    def __call__(self, i: int, j: int, device: torch.device) -> Predictor:
+        key = (i, j)
+        if key not in self._cache or self._cache[key].device != torch.device(device):
+            fold = self.members[i].folds[j]
+            self._cache[key] = Predictor(fold.network(), fold.cfg, fold.model_meta, device, tta=False)
+        return self._cache[key]

@@ -50,12 +50,12 @@ from tqdm import tqdm
 
 from delineo.config import Strict
 from delineo.errors import ConfigError
-from delineo.infer.pipeline.members import Member
-from delineo.infer.pipeline.stages import (BuildContext, CaseData, RunOptions, Stage, StageOutput, ValidationCase,
+from delineo.infer.pipeline.members import FoldPredictors, Member
+from delineo.infer.pipeline.stages import (BuildContext, CaseData, RunOptions, Stage, StageOutput,
                                            mask_from_probs, register_stage, two_channel)
 from delineo.infer.pipeline.tta import UNCERTAINTY, Augmentation, Welford, augmentations, entropy, trained_flip_axes, \
     trained_rot_plane
-from delineo.infer.predictor import Predictor, build_model
+from delineo.infer.predictor import Predictor
 from delineo.preprocess.pipeline import GeometryRecord, preprocess, restore
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class SegmentStage(Stage):
                 raise ConfigError(f"stage {name}: member {m.name} predicts labels {m.meta.labels}, "
                                   f"member {members[0].name} predicts {first.labels}; they cannot be combined.")
         self._labels = {int(k): v for k, v in sorted(first.labels.items())}
-        self._predictors: dict[tuple[int, int], Predictor] = {}
+        self._predictors = FoldPredictors(self.members)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -165,13 +165,7 @@ class SegmentStage(Stage):
         return list(self.members[0].meta.channels)
 
     def predictor(self, i: int, j: int, device: torch.device) -> Predictor:
-        key = (i, j)
-        if key not in self._predictors or self._predictors[key].device != torch.device(device):
-            fold = self.members[i].folds[j]
-            model = build_model(fold.cfg, fold.model_meta)
-            model.load_state_dict(fold.state)
-            self._predictors[key] = Predictor(model, fold.cfg, fold.model_meta, device, tta=False)
-        return self._predictors[key]
+        return self._predictors(i, j, device)
 
     def augs(self, i: int) -> list[Augmentation]:
         m = self.members[i]
