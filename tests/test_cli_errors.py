@@ -97,11 +97,19 @@ def test_missing_channel(tmp_path):
     one_sentence(train_on(tmp_path, data), "ph_000", "lacks channel file", "ph_000_0001")
 
 
-def test_truncated_nifti_in_predict(tmp_path):
-    # a real model, so that predict gets past the checkpoint and reaches the truncated file
-    data = write_msd(tmp_path / "d", n=6)
-    assert train_on(tmp_path, data).returncode == 0
-    model = tmp_path / "runs" / "phantom" / "fold_0"
+@pytest.fixture(scope="module")
+def phantom_model(tmp_path_factory) -> Path:
+    """A one-iteration model trained through the CLI, shared by the predict tests: a real
+    checkpoint, so that predict gets past it and reaches the bad input."""
+    root = tmp_path_factory.mktemp("model")
+    data = write_msd(root / "d", n=6)
+    res = train_on(root, data)
+    assert res.returncode == 0, res.stderr
+    return root / "runs" / "phantom" / "fold_0"
+
+
+def test_truncated_nifti_in_predict(tmp_path, phantom_model):
+    model = phantom_model
     for name, keep in (("in.nii.gz", 200), ("in.nii", 1000)):
         bad = tmp_path / name
         nib.save(nib.Nifti1Image(np.random.rand(24, 28, 20).astype(np.float32), np.eye(4)), bad)
@@ -114,11 +122,8 @@ def test_truncated_nifti_in_predict(tmp_path):
     one_sentence(cli("predict", str(ckpt), str(bad), str(tmp_path / "out.nii.gz")), "model.pt", "not a readable Delineo checkpoint")
 
 
-def test_4d_input_and_corrupt_input_in_predict(tmp_path, request):
-    # train a one-iteration model so predict gets past the checkpoint
-    data = write_msd(tmp_path / "d", n=6)
-    assert train_on(tmp_path, data).returncode == 0
-    model = tmp_path / "runs" / "phantom" / "fold_0"
+def test_4d_input_and_corrupt_input_in_predict(tmp_path, phantom_model):
+    model = phantom_model
     four = tmp_path / "four.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((6, 6, 6, 3), np.float32), np.eye(4)), four)
     one_sentence(cli("predict", str(model), str(four), str(tmp_path / "o1.nii.gz")), "four.nii.gz", "4D image")
