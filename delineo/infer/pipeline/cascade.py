@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from delineo.config import Strict
 from delineo.errors import ConfigError
-from delineo.infer.pipeline.members import FoldPredictors, Member
+from delineo.infer.pipeline.members import Member, fold_predictors
 from delineo.infer.pipeline.segment import MemberConfig, TTAConfig
 from delineo.infer.pipeline.stages import (BuildContext, CaseData, RunOptions, Stage, StageOutput, mask_from_probs,
                                            register_stage, two_channel)
@@ -119,7 +119,7 @@ class CascadeStage(Stage):
                 raise ConfigError(f"stage {name}: keep_organ puts organ labels {kept} and this stage's labels "
                                   f"{sorted(self._own)} in one mask, but {clash} are in both; train this stage on "
                                   "other label values (data.labels).")
-        self._predictors = FoldPredictors(self.members)
+        self._predictors = fold_predictors(self.members)
 
     # ------------------------------------------------------------------ facts
     @property

@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from delineo.config import Strict
 from delineo.errors import ConfigError
-from delineo.infer.pipeline.members import Member
+from delineo.infer.pipeline.members import FoldCache, Member
 from delineo.infer.pipeline.segment import MemberConfig
 from delineo.infer.pipeline.stages import (BuildContext, CaseData, RunOptions, Stage, StageOutput, register_stage)
 from delineo.io.image import Image
@@ -222,7 +222,7 @@ class GateStage(Stage):
         if self.level == "slice" and first.meta.mode == "3d":
             raise ConfigError(f"stage {name}: level slice needs a 2D or 2.5D classifier; {first.name} is 3D.")
         self.tables = tables or {}
-        self._models: dict[tuple[int, int], torch.nn.Module] = {}
+        self._models = FoldCache(self.members, lambda fold, device: fold.network().to(device).eval())
 
     @property
     def labels(self) -> dict[int, str]:
@@ -233,10 +233,7 @@ class GateStage(Stage):
         return list(self.members[0].meta.channels)
 
     def _model(self, i: int, j: int, device: torch.device) -> torch.nn.Module:
-        key = (i, j)
-        if key not in self._models or next(self._models[key].parameters()).device != torch.device(device):
-            self._models[key] = self.members[i].folds[j].network().to(device).eval()
-        return self._models[key]
+        return self._models(i, j, device)
 
     def slice_scores(self, images: list[Image], options: RunOptions,
                      folds: Optional[list[list[int]]] = None) -> tuple[np.ndarray, GeometryRecord]:

@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 import torch
 
@@ -125,17 +125,29 @@ class Member:
         return cls(spec["name"], folds)
 
 
-class FoldPredictors:
-    """The :class:`Predictor` of each (member, fold), built on first use and rebuilt when the
-    device changes: a stage predicts many cases with the same folds, so a network is built once."""
+T = TypeVar("T")
 
-    def __init__(self, members: list[Member]) -> None:
-        self.members = members
-        self._cache: dict[tuple[int, int], Predictor] = {}
 
-    def __call__(self, i: int, j: int, device: torch.device) -> Predictor:
-        key = (i, j)
-        if key not in self._cache or self._cache[key].device != torch.device(device):
-            fold = self.members[i].folds[j]
-            self._cache[key] = Predictor(fold.network(), fold.cfg, fold.model_meta, device, tta=False)
-        return self._cache[key]
+class FoldCache(Generic[T]):
+    """One object per (member, fold) and device, made by ``make(fold, device)`` on first use
+    and remade when the device changes: a stage predicts many cases with the same folds, so
+    each network is built once (predictors for the segment and cascade stages, bare
+    classifiers for the gate)."""
+
+    def __init__(self, members: list[Member], make: Callable[[Fold, torch.device], T]) -> None:
+        self.members, self.make = members, make
+        self._cache: dict[tuple[int, int], tuple[torch.device, T]] = {}
+
+    def __call__(self, i: int, j: int, device: torch.device | str) -> T:
+        device = torch.device(device)
+        hit = self._cache.get((i, j))
+        if hit is None or hit[0] != device:
+            hit = (device, self.make(self.members[i].folds[j], device))
+            self._cache[(i, j)] = hit
+        return hit[1]
+
+
+def fold_predictors(members: list[Member]) -> FoldCache[Predictor]:
+    """A :class:`FoldCache` of segmentation predictors (no TTA: the stage applies its own)."""
+    return FoldCache(members, lambda fold, device: Predictor(fold.network(), fold.cfg, fold.model_meta, device,
+                                                             tta=False))

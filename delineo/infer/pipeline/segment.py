@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from delineo.config import Strict
 from delineo.errors import ConfigError
-from delineo.infer.pipeline.members import FoldPredictors, Member
+from delineo.infer.pipeline.members import Member, fold_predictors
 from delineo.infer.pipeline.stages import (BuildContext, CaseData, RunOptions, Stage, StageOutput,
                                            mask_from_probs, register_stage, two_channel)
 from delineo.infer.pipeline.tta import UNCERTAINTY, Augmentation, Welford, augmentations, entropy, trained_flip_axes, \
@@ -153,7 +153,7 @@ class SegmentStage(Stage):
                 raise ConfigError(f"stage {name}: member {m.name} predicts labels {m.meta.labels}, "
                                   f"member {members[0].name} predicts {first.labels}; they cannot be combined.")
         self._labels = {int(k): v for k, v in sorted(first.labels.items())}
-        self._predictors = FoldPredictors(self.members)
+        self._predictors = fold_predictors(self.members)
 
     # ------------------------------------------------------------------ facts
     @property
