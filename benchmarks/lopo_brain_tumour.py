@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,8 +59,6 @@ def lopo_folds(case_ids: list[str], pattern: str = PATIENT) -> list[tuple[str, l
 def link_subset(data: Path, case_ids: list[str], dest: Path) -> Path:
     """An MSD folder at ``dest`` holding links to ``case_ids``' images and labels of ``data`` only,
     with ``data``'s dataset.json (numTraining updated); remade from scratch each time."""
-    import shutil
-
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "imagesTr").mkdir(parents=True)
@@ -69,7 +68,7 @@ def link_subset(data: Path, case_ids: list[str], dest: Path) -> Path:
         label = data / "labelsTr" / f"{cid}.nii.gz"
         if not images or not label.is_file():
             raise FileNotFoundError(f"{data}: case {cid} has no images or no label")
-        for f in [*images]:
+        for f in images:
             (dest / "imagesTr" / f.name).symlink_to(f.resolve())
         (dest / "labelsTr" / label.name).symlink_to(label.resolve())
     meta = json.loads((data / "dataset.json").read_text())

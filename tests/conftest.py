@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
+from types import ModuleType
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +22,16 @@ SAMPLE = ROOT / "delineo" / "sample_data" / "hippocampus"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # Tests never write into a user's experiment database; the tests of delineo.track set their own.
 os.environ["DELINEO_DB"] = "off"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/NAME.py`` (a folder of scripts, not a package), registered under its name
+    (dataclasses look their module up in ``sys.modules``; a sibling import finds it there too)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
 
 
 def needs_shared() -> Path:

@@ -5,22 +5,17 @@ false positive (27 voxels, [10,400))."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from delineo.evaluate.lesions import LesionRules, score_lesions
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("lesions_brain_tumour", ROOT / "benchmarks" / "lesions_brain_tumour.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_benchmark("lesions_brain_tumour")
 
 
 def test_threshold_rule_is_lowest_training_tumour_slice_minus_margin():

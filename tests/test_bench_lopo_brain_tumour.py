@@ -4,20 +4,15 @@ other patients' files only."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("lopo_brain_tumour", ROOT / "benchmarks" / "lopo_brain_tumour.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_benchmark("lopo_brain_tumour")
 
 
 IDS = ["pgbm003_19950329", "pgbm003_19951017", "pgbm006_19961210", "pgbm008_19920331", "pgbm008_19930610"]

@@ -5,8 +5,6 @@ phantom must then lift Dice and lesion precision to 1, and the script's tables m
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 
@@ -14,16 +12,14 @@ from delineo.infer.pipeline.postprocess import PostprocessStage
 from delineo.infer.pipeline.stages import StageOutput, mask_from_probs
 from delineo.postprocess.search import DEFAULT_CANDIDATES, SearchCase, search_steps, search_thresholds
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
+
 SPACING = (0.5, 0.5, 6.5)  # mm, as the brain-tumour studies: 1.625 microlitres per voxel
 VOXEL_ML = 0.5 * 0.5 * 6.5 / 1000
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("pipeline_brain_tumour", ROOT / "benchmarks" / "pipeline_brain_tumour.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+    return load_benchmark("pipeline_brain_tumour")
 
 
 def _phantom(shift: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,17 +3,13 @@ that keeps the anatomy in place) and the reading of a run's log against its budg
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("plans_trained", ROOT / "benchmarks" / "plans_trained.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["plans_trained"] = bench  # its dataclasses look their module up
-spec.loader.exec_module(bench)  # type: ignore[union-attr]
+from tests.conftest import load_benchmark
+
+bench = load_benchmark("plans_trained")
 
 
 def test_thick_slices_are_block_means_and_majority_labels():
